@@ -1,0 +1,45 @@
+# bluesky-recorders: the two commands of the README, and a few helpers.
+#   make demo   install everything into .venv and run the demo on the simulated beamline
+#   make test   install everything into .venv and run the test suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Debian packages the tests and the demo need (installed only when missing; root with apt).
+APT_PACKAGES :=
+
+.PHONY: all install apt demo test lint bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,benchmarks]"
+	touch $(STAMP)
+
+install: apt $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+demo: install
+	$(BIN)/bsrec demo --data-root demo-data
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_framework.py
+
+clean:
+	rm -rf demo-data .pytest_cache .ruff_cache build dist src/*.egg-info

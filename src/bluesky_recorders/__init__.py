@@ -1,0 +1,74 @@
+"""bluesky-recorders: recorders for the bluesky document stream.
+
+Recorders are callbacks that write, while a run goes on, what each audience
+needs (a console table, a databroker catalog, and in later releases NeXus,
+SPEC, live feeds and shared memory). They share one lifecycle
+(:class:`Recorder`), run together behind a :class:`RecorderSet` subscribed to
+the RunEngine, and are configured in ``recorders/*.toml``
+(:func:`load_recorder_set`).
+
+Heavy recorders are imported on first use: ``import bluesky_recorders`` does
+not import tiled.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from .config import RECORDER_KINDS, load_config, load_recorder_set
+from .errors import (
+    BeamlineError,
+    BsrecError,
+    ConfigError,
+    DocumentError,
+    DrainTimeoutError,
+    RecorderError,
+)
+from .external import AssetIndex, ExternalFrames, PathMap
+from .recorder import Recorder, RunWriter
+from .recorder_set import RecorderSet
+from .runlog import RunLog, RunRecord
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ConsoleRecorder": "console",
+    "CatalogRecorder": "catalog",
+    "open_catalog": "catalog",
+    "setup_session": "session",
+}
+
+__all__ = [
+    "RECORDER_KINDS",
+    "AssetIndex",
+    "BeamlineError",
+    "BsrecError",
+    "CatalogRecorder",
+    "ConfigError",
+    "ConsoleRecorder",
+    "DocumentError",
+    "DrainTimeoutError",
+    "ExternalFrames",
+    "PathMap",
+    "Recorder",
+    "RecorderError",
+    "RecorderSet",
+    "RunLog",
+    "RunRecord",
+    "RunWriter",
+    "load_config",
+    "load_recorder_set",
+    "open_catalog",
+    "setup_session",
+]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

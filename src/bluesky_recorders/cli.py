@@ -1,0 +1,173 @@
+"""The ``bsrec`` command.
+
+::
+
+    bsrec session                 IPython with a RunEngine, the beamline and the recorders
+    bsrec demo                    start the simulated beamline, record three runs, stop it
+    bsrec runs                    recent runs and the files each recorder wrote
+    bsrec record --zmq HOST:PORT  record, in this process, the runs published to a 0MQ proxy
+    bsrec sim start|stop|status   the simulated beamline's IOCs
+    bsrec config check [FILE]     check a recorder-set file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from .errors import BsrecError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except BsrecError as err:
+        print(f"bsrec: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bsrec", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="recorder-set file (default: recorders/default.toml)")
+        sp.add_argument("--data-root", help="where recorders write (overrides the config)")
+
+    s = sub.add_parser("session", help="IPython with a RunEngine, the beamline and the recorders")
+    common(s)
+    s.add_argument("--state-dir", help="simulated beamline state (default ~/.bsrec)")
+    s.add_argument("--no-sim", action="store_true", help="do not start the simulated beamline")
+    s.set_defaults(func=_cmd_session)
+
+    s = sub.add_parser("demo", help="record a step scan, a grid scan and a detector count")
+    common(s)
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("runs", help="recent runs and the files each recorder wrote")
+    common(s)
+    s.add_argument("-n", "--limit", type=int, default=20, help="how many runs (default 20)")
+    s.add_argument("--json", action="store_true", help="print JSON lines")
+    s.set_defaults(func=_cmd_runs)
+
+    s = sub.add_parser("record", help="record runs published to a bluesky 0MQ proxy")
+    common(s)
+    s.add_argument("--zmq", required=True, metavar="HOST:PORT", help="the proxy's output address")
+    s.add_argument("--only", help="comma-separated recorder names to run (default: enabled ones)")
+    s.set_defaults(func=_cmd_record)
+
+    s = sub.add_parser("config", help="check recorder-set files")
+    csub = s.add_subparsers(metavar="ACTION")
+    c = csub.add_parser("check", help="parse and check a recorder-set file")
+    c.add_argument("file", nargs="?", help="default: recorders/default.toml")
+    c.set_defaults(func=_cmd_config_check)
+
+    from .sim import cli as sim_cli
+
+    sim_cli.register(sub)
+    return p
+
+
+# -- commands -----------------------------------------------------------------
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runlog import RunLog
+
+    config = load_config(args.config, data_root=args.data_root)
+    log = RunLog(config.settings.run_log_path)
+    records = log.recent(args.limit)
+    if args.json:
+        for r in records:
+            print(json.dumps({**r.__dict__, "duration": r.duration}))
+        return 0
+    if not records:
+        print(f"no runs recorded yet in {log.path}")
+        return 0
+    for line in format_runs(records):
+        print(line)
+    return 0
+
+
+def format_runs(records: Sequence[object]) -> list[str]:
+    """Plain-text lines of a run listing (newest first), each run followed by its files."""
+    lines = [f"{'scan':>5}  {'plan':<16} {'start':<19}  {'duration':>9}  {'exit':<8} uid"]
+    for r in records:
+        start = datetime.fromtimestamp(r.start_time).strftime("%Y-%m-%d %H:%M:%S")
+        dur = "-" if r.duration is None else f"{r.duration:.1f} s"
+        scan = "-" if r.scan_id is None else str(r.scan_id)
+        lines.append(f"{scan:>5}  {r.plan_name[:16]:<16} {start:<19}  {dur:>9}  {r.exit_status:<8} {r.uid}")
+        if r.reason:
+            lines.append(f"{'':7}reason: {r.reason}")
+        for recorder, paths in sorted(r.artifacts.items()):
+            for path in paths:
+                lines.append(f"{'':7}{recorder}: {path}")
+    return lines
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from .config import load_recorder_set
+    from .remote import record_from_zmq
+
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    rs = load_recorder_set(args.config, data_root=args.data_root, only=only)
+    names = ", ".join(rs.recorders)
+    logging.getLogger("bluesky_recorders").info(
+        "recording runs from %s with [%s] into %s", args.zmq, names, rs.settings.data_root
+    )
+    failures = record_from_zmq(
+        args.zmq, rs, on_ready=lambda: print(f"bsrec record: listening on {args.zmq}", flush=True)
+    )
+    return 1 if failures else 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(args.file)
+    print(f"{config.source}: ok; data root {config.settings.data_root}")
+    for spec in config.recorders:
+        state = "on " if spec.enabled else "off"
+        print(f"  [{state}] {spec.name} ({spec.kind}) {spec.options or ''}")
+    return 0
+
+
+def _cmd_session(args: argparse.Namespace) -> int:
+    from .session import start_ipython
+
+    return start_ipython(
+        config=args.config,
+        data_root=args.data_root,
+        state_dir=args.state_dir,
+        start_sim=not args.no_sim,
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    data_root = args.data_root or os.environ.get("BSREC_DATA_ROOT")
+    return run_demo(config=args.config, data_root=Path(data_root) if data_root else None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

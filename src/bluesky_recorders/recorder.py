@@ -1,0 +1,373 @@
+"""The one lifecycle every recorder shares.
+
+A recorder is a public facade (:class:`Recorder`) that is called with
+``(name, doc)`` and makes one :class:`RunWriter` per run. The facade routes
+each document to the writer of its run, normalises external data
+(:mod:`bluesky_recorders.external`) and turns any failure into a
+:class:`~bluesky_recorders.errors.RecorderError` naming the recorder, the file,
+the document and the cause. Writers hold per-run state only; the format logic
+lives in pure functions in each recorder's own module.
+
+A recorder works alone (``RE.subscribe(recorder)``) or inside a
+:class:`~bluesky_recorders.RecorderSet`, which gives it a thread and a bounded
+queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import event_model
+
+from .errors import DocumentError, RecorderError
+from .external import AssetIndex, ExternalFrames, PathMap
+
+__all__ = ["Recorder", "RunWriter", "OnError", "WhenFull"]
+
+OnError = Literal["abort", "warn"]
+WhenFull = Literal["block", "drop"]
+
+_KNOWN_DOCS = frozenset(
+    {
+        "start",
+        "descriptor",
+        "event",
+        "event_page",
+        "resource",
+        "datum",
+        "datum_page",
+        "stream_resource",
+        "stream_datum",
+        "stop",
+    }
+)
+
+
+class RunWriter(event_model.DocumentRouter):
+    """Writes one run. Subclasses override the document methods they need.
+
+    Implement ``event_page`` (events are packed into pages for you) and, to
+    use detector files, :meth:`external`, which receives every
+    :class:`ExternalFrames` before the event that refers to it.
+    """
+
+    def __init__(self, start: Mapping[str, Any], recorder: Recorder) -> None:
+        super().__init__()
+        self.start_doc = start
+        self.recorder = recorder
+        self.descriptors: dict[str, Mapping[str, Any]] = {}
+        #: Files this writer created, in order.
+        self.artifacts: list[str] = []
+        #: The file being written now, named in error messages.
+        self.path: str = ""
+
+    def external(self, frames: ExternalFrames) -> None:
+        """Called with each piece of external data, before its event."""
+
+    def close(self) -> None:
+        """Release files and resources; called once, after stop or after a failure."""
+
+
+class Recorder:
+    """Facade for one kind of recorder: call it with ``(name, doc)``.
+
+    Keyword options shared by every recorder (settable in ``recorders/*.toml``):
+
+    name
+        Shown in messages and in ``bsrec runs`` (defaults to the kind).
+    on_error
+        ``"abort"``: a failure aborts the run (default for data-saving
+        recorders); ``"warn"``: log it and carry on (default for live views).
+    threaded
+        Run on its own thread inside a RecorderSet (default True).
+    queue_size, when_full
+        Bound of that thread's queue and what to do when it is full:
+        ``"block"`` the RunEngine (never lose data) or ``"drop"`` events
+        (live views; start, descriptor and stop are never dropped).
+    path_map
+        IOC-side path prefix -> local prefix, for detector files.
+    """
+
+    #: Name of this kind of recorder in recorders/*.toml.
+    kind: ClassVar[str] = "recorder"
+    #: Whether losing this recorder's output loses data (sets the default policy).
+    saves_data: ClassVar[bool] = True
+    #: The per-run writer class.
+    writer_class: ClassVar[type[RunWriter]] = RunWriter
+    #: How many finished runs' artifacts to remember.
+    keep_runs: ClassVar[int] = 1000
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        on_error: OnError | None = None,
+        threaded: bool = True,
+        queue_size: int = 10_000,
+        when_full: WhenFull | None = None,
+        path_map: Mapping[str, str] | PathMap | None = None,
+    ) -> None:
+        self.name = name or self.kind
+        self.on_error: OnError = on_error or ("abort" if self.saves_data else "warn")
+        if self.on_error not in ("abort", "warn"):
+            raise ValueError(f"on_error must be 'abort' or 'warn', not {self.on_error!r}")
+        self.threaded = threaded
+        self.queue_size = int(queue_size)
+        self.when_full: WhenFull = when_full or ("block" if self.saves_data else "drop")
+        if self.when_full not in ("block", "drop"):
+            raise ValueError(f"when_full must be 'block' or 'drop', not {self.when_full!r}")
+        self.path_map = path_map if isinstance(path_map, PathMap) else PathMap(dict(path_map or {}))
+        self.log = logging.getLogger(f"bluesky_recorders.{self.kind}")
+        self._writers: dict[str, RunWriter] = {}
+        self._assets: dict[str, AssetIndex] = {}
+        self._external_keys: dict[str, tuple[str, ...]] = {}
+        self._run_of_descriptor: dict[str, str] = {}
+        self._run_of_resource: dict[str, str] = {}
+        self._run_of_stream_resource: dict[str, str] = {}
+        self._stream_key: dict[str, str] = {}
+        self._failed: set[str] = set()
+        self._artifacts: OrderedDict[str, list[str]] = OrderedDict()
+        self._closed = False
+
+    # -- public lifecycle ---------------------------------------------------
+    def make_writer(self, start: Mapping[str, Any]) -> RunWriter | None:
+        """Make the writer for a run, or None to skip the run."""
+        return self.writer_class(start, self)
+
+    @property
+    def artifacts(self) -> dict[str, list[str]]:
+        """Run uid -> the files written for that run (open runs included)."""
+        out = {uid: list(paths) for uid, paths in self._artifacts.items()}
+        for uid, writer in self._writers.items():
+            out[uid] = list(writer.artifacts)
+        return out
+
+    def close(self) -> None:
+        """Close every open run's writer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for uid in list(self._writers):
+            self._finish(uid)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on_error={self.on_error}>"
+
+    # -- routing --------------------------------------------------------------
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        if name not in _KNOWN_DOCS:
+            raise RecorderError(
+                self.name,
+                cause=DocumentError(f"unknown document name {name!r}", name=name),
+                doc_name=name,
+                doc_uid=_uid(doc),
+            )
+        try:
+            run = self._run_of(name, doc)
+        except DocumentError as err:
+            raise RecorderError(self.name, cause=err, doc_name=name, doc_uid=_uid(doc)) from err
+        if run is None or run in self._failed:
+            if name == "stop" and run is not None:
+                self._forget(run)
+            return
+        writer = self._writers.get(run)
+        if writer is None:
+            return
+        try:
+            self._route(writer, run, name, doc)
+        except Exception as err:  # any failure of a writer is reported the same way
+            self._failed.add(run)
+            path = writer.path
+            self._finish(run)
+            if name == "stop":
+                self._forget(run)
+            raise RecorderError(
+                self.name, cause=err, run_uid=run, path=path, doc_name=name, doc_uid=_uid(doc)
+            ) from err
+        if name == "stop":
+            self._finish(run)
+            self._forget(run)
+
+    def _run_of(self, name: str, doc: Mapping[str, Any]) -> str | None:
+        """Which run a document belongs to (None: a run this recorder skips)."""
+        if name == "start":
+            uid = doc["uid"]
+            if uid in self._writers:
+                raise DocumentError(f"a second start document with uid {uid}", name=name, uid=uid)
+            writer = self.make_writer(doc)
+            if writer is None:  # this recorder skips the run: ignore its documents quietly
+                self._failed.add(uid)
+                return None
+            self._writers[uid] = writer
+            self._assets[uid] = AssetIndex(self.path_map)
+            return uid
+        if name == "descriptor":
+            run = doc["run_start"]
+            self._known_run(run, name, doc)
+            self._run_of_descriptor[doc["uid"]] = run
+            return run
+        if name in ("event", "event_page"):
+            desc = doc["descriptor"]
+            try:
+                return self._run_of_descriptor[desc]
+            except KeyError:
+                raise DocumentError(
+                    f"{name} {_uid(doc)} arrived before its descriptor {desc}",
+                    name=name,
+                    uid=_uid(doc),
+                ) from None
+        if name == "resource":
+            run = doc.get("run_start")
+            if run is None:  # old resources carry no run_start: the open run owns it
+                if len(self._writers) != 1:
+                    raise DocumentError(
+                        f"resource {doc['uid']} has no run_start and {len(self._writers)} runs "
+                        "are open",
+                        name=name,
+                        uid=doc["uid"],
+                    )
+                run = next(iter(self._writers))
+            self._known_run(run, name, doc)
+            self._run_of_resource[doc["uid"]] = run
+            return run
+        if name in ("datum", "datum_page"):
+            res = doc["resource"]
+            try:
+                return self._run_of_resource[res]
+            except KeyError:
+                raise DocumentError(
+                    f"{name} {_uid(doc)} refers to resource {res}, which was not received",
+                    name=name,
+                    uid=_uid(doc),
+                ) from None
+        if name == "stream_resource":
+            run = doc["run_start"]
+            self._known_run(run, name, doc)
+            self._run_of_stream_resource[doc["uid"]] = run
+            if doc.get("data_key"):
+                self._stream_key[doc["uid"]] = doc["data_key"]
+            return run
+        if name == "stream_datum":
+            sres = doc["stream_resource"]
+            try:
+                return self._run_of_stream_resource[sres]
+            except KeyError:
+                raise DocumentError(
+                    f"stream_datum {_uid(doc)} refers to stream_resource {sres}, "
+                    "which was not received",
+                    name=name,
+                    uid=_uid(doc),
+                ) from None
+        # stop
+        run = doc["run_start"]
+        if run not in self._writers and run not in self._failed:
+            self.log.warning(
+                "%s: stop document %s for a run it never started", self.name, doc["uid"]
+            )
+            return None
+        return run
+
+    def _known_run(self, run: str, name: str, doc: Mapping[str, Any]) -> None:
+        if run not in self._writers and run not in self._failed:
+            raise DocumentError(
+                f"{name} {_uid(doc)} refers to run {run}, whose start document was not received",
+                name=name,
+                uid=_uid(doc),
+            )
+
+    def _route(self, writer: RunWriter, run: str, name: str, doc: Mapping[str, Any]) -> None:
+        assets = self._assets[run]
+        if name == "descriptor":
+            writer.descriptors[doc["uid"]] = doc
+            self._external_keys[doc["uid"]] = tuple(
+                k
+                for k, v in doc["data_keys"].items()
+                if v.get("external") and not str(v.get("external", "")).startswith("STREAM:")
+            )
+        elif name == "resource":
+            assets.resource(doc)
+        elif name == "datum":
+            assets.datum(doc)
+        elif name == "datum_page":
+            assets.datum_page(doc)
+        elif name == "stream_resource":
+            assets.stream_resource(doc)
+        elif name == "stream_datum":
+            key = self._stream_key.get(doc["stream_resource"], "")
+            writer.external(assets.for_stream_datum(doc, key))
+        elif name in ("event", "event_page"):
+            keys = self._external_keys.get(doc["descriptor"], ())
+            if keys:
+                self._external_for_events(writer, assets, name, doc, keys)
+        writer(name, doc)
+
+    @staticmethod
+    def _external_for_events(
+        writer: RunWriter,
+        assets: AssetIndex,
+        name: str,
+        doc: Mapping[str, Any],
+        keys: tuple[str, ...],
+    ) -> None:
+        desc = doc["descriptor"]
+        filled = doc.get("filled", {})
+        if name == "event":
+            for key in keys:
+                if key in doc["data"] and not _is_filled(filled.get(key)):
+                    writer.external(assets.for_datum(desc, key, doc["seq_num"], doc["data"][key]))
+            return
+        seq_nums = doc["seq_num"]
+        for key in keys:
+            values = doc["data"].get(key)
+            if values is None:
+                continue
+            flags = filled.get(key, [False] * len(values))
+            for seq, value, flag in zip(seq_nums, values, flags, strict=False):
+                if not _is_filled(flag):
+                    writer.external(assets.for_datum(desc, key, seq, value))
+
+    def _finish(self, run: str) -> None:
+        """Close the run's writer (once) and keep its artifacts."""
+        writer = self._writers.pop(run, None)
+        self._assets.pop(run, None)
+        if writer is None:
+            return
+        try:
+            writer.close()
+        finally:
+            self._artifacts[run] = list(writer.artifacts)
+            while len(self._artifacts) > self.keep_runs:
+                self._artifacts.popitem(last=False)
+
+    def _forget(self, run: str) -> None:
+        """Drop the run's routing tables (at its stop)."""
+        self._failed.discard(run)
+        for table in (self._run_of_descriptor, self._run_of_resource, self._run_of_stream_resource):
+            for key in [k for k, v in table.items() if v == run]:
+                del table[key]
+                self._external_keys.pop(key, None)
+                self._stream_key.pop(key, None)
+
+
+def _is_filled(flag: object) -> bool:
+    return bool(flag) and flag is not False
+
+
+def _uid(doc: Mapping[str, Any]) -> str:
+    """The uid to name in a message (the first one of a page)."""
+    for key in ("uid", "datum_id"):
+        if key in doc:
+            value = doc[key]
+            if isinstance(value, list):
+                return str(value[0]) if value else ""
+            return str(value)
+    return ""

@@ -1,0 +1,307 @@
+"""Fan the document stream out to recorders, each on its own thread.
+
+::
+
+    RE --(name, doc)--> RecorderSet --> queue --> thread --> recorder A
+                                   \\--> queue --> thread --> recorder B
+                                   \\--> recorder C (inline)
+
+The RunEngine thread pays for the checks of rare documents and one queue
+``put`` per recorder. The stop document drains every queue, so when
+``RE(...)`` returns each recorder has finished the run. A failure of a
+recorder whose policy is ``abort`` is raised on the RunEngine thread at its
+next document (which makes bluesky abort the run, with the message as the
+stop document's reason) or at the stop; ``warn`` failures are only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import event_model
+import jsonschema
+
+from .errors import DocumentError, DrainTimeoutError, RecorderError
+from .recorder import Recorder
+from .runlog import RunLog
+
+__all__ = ["RecorderSet"]
+
+log = logging.getLogger("bluesky_recorders.recorder_set")
+
+#: Documents checked against the event-model schema on the calling thread:
+#: they are rare, and a bad one must be refused before any recorder sees it.
+_VALIDATED = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
+#: Documents never dropped, even by a recorder whose queue may drop.
+_NEVER_DROPPED = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
+_CLOSE = object()
+#: Seconds the stop document waits, at most, for a recorder whose policy is 'warn'.
+_LIVE_DRAIN_LIMIT = 10.0
+
+
+class _Worker:
+    """A recorder's thread and its bounded queue."""
+
+    def __init__(self, recorder: Recorder, report: Any) -> None:
+        self.recorder = recorder
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, recorder.queue_size))
+        self.dropped = 0
+        self._report = report
+        self.thread = threading.Thread(
+            target=self._loop, name=f"bsrec-{recorder.name}", daemon=True
+        )
+        self.thread.start()
+
+    def put(self, name: str, doc: Mapping[str, Any]) -> None:
+        if self.recorder.when_full == "drop" and name not in _NEVER_DROPPED:
+            try:
+                self.queue.put_nowait((name, doc))
+            except queue.Full:
+                self.dropped += 1
+            return
+        self.queue.put((name, doc))
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is _CLOSE:
+                    return
+                name, doc = item
+                try:
+                    self.recorder(name, doc)
+                except RecorderError as err:
+                    self._report(self.recorder, err)
+                except Exception as err:  # a bug in a recorder must not kill its thread
+                    self._report(
+                        self.recorder,
+                        RecorderError(self.recorder.name, cause=err, doc_name=name),
+                    )
+            finally:
+                self.queue.task_done()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every queued document is handled; False on timeout."""
+        deadline = time.monotonic() + timeout
+        cond = self.queue.all_tasks_done
+        with cond:
+            while self.queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                cond.wait(remaining)
+        return True
+
+    def stop(self, timeout: float) -> None:
+        self.queue.put(_CLOSE)
+        self.thread.join(timeout)
+
+
+class RecorderSet:
+    """Subscribe this to the RunEngine: it fans documents out to recorders.
+
+    Parameters
+    ----------
+    recorders
+        The recorders (see :func:`bluesky_recorders.load_recorder_set` to
+        build them from ``recorders/*.toml``).
+    run_log
+        Where each run and the files every recorder wrote for it are listed
+        (what ``bsrec runs`` shows); None for no log.
+    validate
+        Check start, descriptor, stop, resource and stream_resource documents
+        against the event-model schemas before any recorder sees them.
+    drain_timeout
+        Seconds the stop document waits for each recorder to finish the run.
+    """
+
+    def __init__(
+        self,
+        recorders: Iterable[Recorder] = (),
+        *,
+        run_log: RunLog | None = None,
+        validate: bool = True,
+        drain_timeout: float = 120.0,
+    ) -> None:
+        self.run_log = run_log
+        self.validate = validate
+        self.drain_timeout = float(drain_timeout)
+        self._recorders: list[Recorder] = []
+        self._workers: dict[str, _Worker] = {}
+        self._failures: list[RecorderError] = []
+        self._lock = threading.Lock()
+        self._open_runs: dict[str, Mapping[str, Any]] = {}
+        # Runs whose start was refused, and their descriptors: their documents are skipped.
+        self._refused: set[str] = set()
+        self._closed = False
+        for recorder in recorders:
+            self.add(recorder)
+
+    # -- membership -------------------------------------------------------
+    def add(self, recorder: Recorder) -> Recorder:
+        """Add a recorder (names must be unique); returns it."""
+        if any(r.name == recorder.name for r in self._recorders):
+            raise ValueError(f"a recorder named {recorder.name!r} is already in this set")
+        self._recorders.append(recorder)
+        if recorder.threaded:
+            self._workers[recorder.name] = _Worker(recorder, self._report)
+        return recorder
+
+    @property
+    def recorders(self) -> dict[str, Recorder]:
+        return {r.name: r for r in self._recorders}
+
+    def __getitem__(self, name: str) -> Recorder:
+        return self.recorders[name]
+
+    def artifacts(self, run_uid: str) -> dict[str, list[str]]:
+        """Recorder name -> files it wrote for the run."""
+        out = {}
+        for r in self._recorders:
+            paths = r.artifacts.get(run_uid)
+            if paths:
+                out[r.name] = paths
+        return out
+
+    # -- the document stream ------------------------------------------------
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        if self._closed:
+            raise RuntimeError("this RecorderSet is closed")
+        self._raise_pending(name, doc)
+        if self._refused and self._belongs_to_refused(name, doc):
+            return
+        if self.validate and name in _VALIDATED:
+            try:
+                _validate(name, doc)
+            except DocumentError:
+                if name == "start":
+                    self._refused.add(doc["uid"])
+                raise
+        if name == "start":
+            self._open_runs[doc["uid"]] = doc
+            if self.run_log is not None:
+                self._log_call(self.run_log.started, doc)
+        for recorder in self._recorders:
+            worker = self._workers.get(recorder.name)
+            if worker is not None:
+                worker.put(name, doc)
+            else:
+                try:
+                    recorder(name, doc)
+                except RecorderError as err:
+                    self._report(recorder, err)
+        if name == "stop":
+            self._end_run(doc)
+
+    def _belongs_to_refused(self, name: str, doc: Mapping[str, Any]) -> bool:
+        if name in ("event", "event_page"):
+            return doc.get("descriptor") in self._refused
+        run = doc.get("run_start")
+        if run not in self._refused:
+            return False
+        if name == "descriptor":
+            self._refused.add(doc["uid"])
+        elif name == "stop":
+            self._refused.discard(run)
+        return True
+
+    def _end_run(self, stop: Mapping[str, Any]) -> None:
+        run = stop["run_start"]
+        for worker in self._workers.values():
+            # Live views (policy 'warn') never hold the RunEngine for long.
+            limit = (
+                self.drain_timeout
+                if worker.recorder.on_error == "abort"
+                else min(self.drain_timeout, _LIVE_DRAIN_LIMIT)
+            )
+            if not worker.drain(limit):
+                self._report(
+                    worker.recorder,
+                    DrainTimeoutError(
+                        worker.recorder.name,
+                        cause=f"did not finish the run within {limit:g} s "
+                        f"({worker.queue.qsize()} documents still queued); it goes on writing",
+                        run_uid=run,
+                    ),
+                )
+            if worker.dropped:
+                log.warning(
+                    "%s: dropped %d documents because its queue was full",
+                    worker.recorder.name,
+                    worker.dropped,
+                )
+                worker.dropped = 0
+        start = self._open_runs.pop(run, None)
+        if self.run_log is not None and start is not None:
+            self._log_call(self.run_log.stopped, start, stop, self.artifacts(run))
+        self._raise_pending("stop", stop)
+
+    def _log_call(self, func: Any, *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception as err:  # the run log is a convenience: never stop a run for it
+            log.warning("could not update the run log %s: %s", self.run_log, err)
+
+    def _report(self, recorder: Recorder, err: RecorderError) -> None:
+        if recorder.on_error == "abort":
+            log.error("%s", err)
+            with self._lock:
+                self._failures.append(err)
+        else:
+            log.warning("%s (policy 'warn': the run goes on)", err)
+
+    def _raise_pending(self, name: str, doc: Mapping[str, Any]) -> None:
+        if not self._failures:
+            return
+        with self._lock:
+            failures, self._failures = self._failures, []
+        first = failures[0]
+        if len(failures) > 1:
+            more = "; ".join(str(f) for f in failures[1:])
+            first.add_note(f"also: {more}")
+        raise first
+
+    # -- lifecycle ------------------------------------------------------------
+    def close(self, timeout: float | None = None) -> None:
+        """Drain and stop every thread, then close every recorder. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.drain_timeout if timeout is None else timeout
+        for worker in self._workers.values():
+            worker.drain(timeout)
+            worker.stop(timeout)
+        for recorder in self._recorders:
+            try:
+                recorder.close()
+            except Exception as err:
+                log.error("closing recorder %r failed: %s", recorder.name, err)
+
+    def __enter__(self) -> RecorderSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        names = ", ".join(r.name for r in self._recorders)
+        return f"<RecorderSet [{names}]>"
+
+
+def _validate(name: str, doc: Mapping[str, Any]) -> None:
+    try:
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+    except jsonschema.ValidationError as err:
+        uid = doc.get("uid", "") if isinstance(doc, Mapping) else ""
+        path = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise DocumentError(
+            f"{name} document {uid or '(no uid)'} breaks the event-model schema at {path}: "
+            f"{err.message}",
+            name=name,
+            uid=str(uid),
+        ) from None
