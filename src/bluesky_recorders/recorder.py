@@ -164,6 +164,20 @@ class Recorder:
 
     # -- routing --------------------------------------------------------------
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Handle one document, applying this recorder's failure policy.
+
+        Subscribed alone to a RunEngine, an ``abort`` recorder raises (bluesky
+        then aborts the run) and a ``warn`` recorder logs and carries on.
+        """
+        try:
+            self.process(name, doc)
+        except RecorderError as err:
+            if self.on_error == "abort":
+                raise
+            self.log.warning("%s (policy 'warn': the run goes on)", err)
+
+    def process(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Handle one document; any failure is raised as a RecorderError."""
         if name not in _KNOWN_DOCS:
             raise RecorderError(
                 self.name,

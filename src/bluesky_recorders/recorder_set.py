@@ -74,7 +74,7 @@ class _Worker:
                     return
                 name, doc = item
                 try:
-                    self.recorder(name, doc)
+                    self.recorder.process(name, doc)
                 except RecorderError as err:
                     self._report(self.recorder, err)
                 except Exception as err:  # a bug in a recorder must not kill its thread
@@ -192,7 +192,7 @@ class RecorderSet:
                 worker.put(name, doc)
             else:
                 try:
-                    recorder(name, doc)
+                    recorder.process(name, doc)
                 except RecorderError as err:
                     self._report(recorder, err)
         if name == "stop":

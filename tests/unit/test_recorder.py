@@ -161,3 +161,12 @@ def test_real_beamline_streams(name):
     assert stops <= set(rec.seen)
     events = sum(1 for n, _ in docs if n == "event")
     assert sum(len(s["rows"]) for s in rec.seen.values()) == events
+
+
+def test_standalone_warn_recorder_logs_and_goes_on(caplog):
+    rec = LogRecorder(fail_on_row=2, on_error="warn")
+    docs = scalar_run(4, baseline=False)
+    with caplog.at_level("WARNING", logger="bluesky_recorders"):
+        feed(rec, docs)  # no exception
+    assert "recorder 'log' failed" in caplog.text and "policy 'warn'" in caplog.text
+    assert rec.seen[docs[0][1]["uid"]]["rows"] == [1]
