@@ -115,7 +115,9 @@ def format_runs(records: Sequence[object]) -> list[str]:
         start = datetime.fromtimestamp(r.start_time).strftime("%Y-%m-%d %H:%M:%S")
         dur = "-" if r.duration is None else f"{r.duration:.1f} s"
         scan = "-" if r.scan_id is None else str(r.scan_id)
-        lines.append(f"{scan:>5}  {r.plan_name[:16]:<16} {start:<19}  {dur:>9}  {r.exit_status:<8} {r.uid}")
+        lines.append(
+            f"{scan:>5}  {r.plan_name[:16]:<16} {start:<19}  {dur:>9}  {r.exit_status:<8} {r.uid}"
+        )
         if r.reason:
             lines.append(f"{'':7}reason: {r.reason}")
         for recorder, paths in sorted(r.artifacts.items()):

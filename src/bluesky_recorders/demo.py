@@ -43,7 +43,9 @@ def run_demo(*, config: str | Path | None = None, data_root: Path | None = None)
             mini_prefix=sim.mini_prefix, ad_prefix=sim.ad_prefix, ioc_root=sim.ioc_root
         )
         connect_all(devices)
-        rs = load_recorder_set(config, data_root=root, path_map={sim.ioc_root: str(sim.local_detector_root)})
+        rs = load_recorder_set(
+            config, data_root=root, path_map={sim.ioc_root: str(sim.local_detector_root)}
+        )
         RE = RunEngine(PersistentDict(str(root / ".runengine-md")))
         RE.subscribe(rs)
         d = devices
@@ -51,7 +53,9 @@ def run_demo(*, config: str | Path | None = None, data_root: Path | None = None)
             ("step scan", scan([d["ph_det"]], d["ph_mtr"], -1, 1, 11)),
             (
                 "grid scan",
-                grid_scan([d["ph_det"], d["slit_det"]], d["ph_mtr"], -1, 1, 3, d["slit_mtr"], -1, 1, 4),
+                grid_scan(
+                    [d["ph_det"], d["slit_det"]], d["ph_mtr"], -1, 1, 3, d["slit_mtr"], -1, 1, 4
+                ),
             ),
             ("area-detector count", count([d["ad_det"]], 5)),
         ]
@@ -119,7 +123,7 @@ def _report(rs: Any, uids: list[str]) -> None:
     print(f"  bsrec runs --data-root {rs.settings.data_root}")
     if catalog_rec is not None:
         print(
-            "  python -c \"from bluesky_recorders.catalog import open_catalog; "
+            '  python -c "from bluesky_recorders.catalog import open_catalog; '
             f"cat = open_catalog('{catalog_rec.directory}'); print(cat[-1].primary.read())\""
         )
     print(f"  detector files (HDF5, /entry/data/data): {rs.settings.path_map.local_roots}")

@@ -38,9 +38,15 @@ def wait_for(predicate, timeout, what):
 def proxy():
     pin, pout = free_port(), free_port()
     proc = subprocess.Popen(
-        [str(BIN / "bluesky-0MQ-proxy"), "--in-address", f"127.0.0.1:{pin}",
-         "--out-address", f"127.0.0.1:{pout}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "bluesky-0MQ-proxy"),
+            "--in-address",
+            f"127.0.0.1:{pin}",
+            "--out-address",
+            f"127.0.0.1:{pout}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     yield pin, pout
     proc.terminate()
@@ -56,13 +62,26 @@ def test_record_in_another_process_from_the_0mq_proxy(proxy, tmp_path):
     )
     out = open(tmp_path / "record.out", "w+")
     rec = subprocess.Popen(
-        [str(BIN / "bsrec"), "record", "--zmq", f"127.0.0.1:{pout}", "--config", str(config),
-         "--data-root", str(tmp_path / "data")],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"},
+        [
+            str(BIN / "bsrec"),
+            "record",
+            "--zmq",
+            f"127.0.0.1:{pout}",
+            "--config",
+            str(config),
+            "--data-root",
+            str(tmp_path / "data"),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "120"},
     )
     try:
-        wait_for(lambda: "listening" in (tmp_path / "record.out").read_text(), 30,
-                 "bsrec record to listen")
+        wait_for(
+            lambda: "listening" in (tmp_path / "record.out").read_text(),
+            30,
+            "bsrec record to listen",
+        )
         RE = RunEngine({})
         RE.subscribe(Publisher(f"127.0.0.1:{pin}"))
         time.sleep(2.0)  # PUB/SUB slow joiner: let both ends connect to the proxy

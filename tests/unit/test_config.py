@@ -28,7 +28,10 @@ def test_the_default_file_is_the_repository_one_and_is_valid(tmp_path, monkeypat
     config = load_config(data_root=tmp_path)
     assert [r.name for r in config.recorders] == ["console", "catalog"]
     assert config.settings.data_root == tmp_path
-    assert config.settings.path_map.translate("/detector-disk/a.h5") == f"{tmp_path}/detector-disk/a.h5"
+    assert (
+        config.settings.path_map.translate("/detector-disk/a.h5")
+        == f"{tmp_path}/detector-disk/a.h5"
+    )
     catalog = config.recorders[1]
     assert catalog.options["directory"] == f"{tmp_path}/catalog"
 
@@ -101,10 +104,7 @@ def test_missing_file(tmp_path):
 
 
 def test_build_a_set_with_a_renamed_recorder_and_a_disabled_one(tmp_path):
-    text = (
-        "[recorders.screen]\nkind = 'console'\n\n"
-        "[recorders.catalog]\nenabled = false\n"
-    )
+    text = "[recorders.screen]\nkind = 'console'\n\n[recorders.catalog]\nenabled = false\n"
     rs = load_recorder_set(text=text, data_root=tmp_path)
     assert list(rs.recorders) == ["screen"]
     assert rs.recorders["screen"].kind == "console" and rs.recorders["screen"].on_error == "warn"

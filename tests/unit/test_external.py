@@ -67,7 +67,12 @@ def test_unknown_datum_is_a_clear_error():
 
 
 def test_unknown_stream_resource_is_a_clear_error():
-    sd = {"uid": "u", "stream_resource": "nope", "descriptor": "d",
-          "indices": {"start": 0, "stop": 1}, "seq_nums": {"start": 1, "stop": 2}}
+    sd = {
+        "uid": "u",
+        "stream_resource": "nope",
+        "descriptor": "d",
+        "indices": {"start": 0, "stop": 1},
+        "seq_nums": {"start": 1, "stop": 2},
+    }
     with pytest.raises(DocumentError, match="stream_resource 'nope'"):
         AssetIndex().for_stream_datum(sd)

@@ -6,8 +6,16 @@ import sys
 
 import bluesky_recorders
 
-MODULES = ["config", "errors", "external", "recorder", "recorder_set", "runlog", "console",
-           "catalog"]
+MODULES = [
+    "config",
+    "errors",
+    "external",
+    "recorder",
+    "recorder_set",
+    "runlog",
+    "console",
+    "catalog",
+]
 
 
 def test_every_name_in_all_resolves():
@@ -32,7 +40,9 @@ def test_every_recorder_error_and_model_class_is_exported():
 
 
 def test_import_is_light():
-    code = ("import sys, bluesky_recorders; "
-            "print(any(m == 'tiled' or m.startswith('tiled.') for m in sys.modules))")
+    code = (
+        "import sys, bluesky_recorders; "
+        "print(any(m == 'tiled' or m.startswith('tiled.') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -67,7 +67,9 @@ def test_legacy_external_data_reaches_external(tmp_path, datum_pages):
     feed(rec, docs)
     frames = rec.seen[docs[0][1]["uid"]]["external"]
     assert [(f.seq_start, f.frame_start, f.frame_stop) for f in frames] == [
-        (1, 0, 2), (2, 2, 4), (3, 4, 6)
+        (1, 0, 2),
+        (2, 2, 4),
+        (3, 4, 6),
     ]
     assert all(f.path.startswith(str(tmp_path)) for f in frames)
 

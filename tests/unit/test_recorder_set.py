@@ -78,7 +78,7 @@ def test_abort_policy_aborts_the_run_with_a_message_naming_recorder_and_file(RE,
     assert stops[-1]["exit_status"] == "fail" and "nexus-like" in stops[-1]["reason"]
     # the other recorder finished its (shortened) run and the RunEngine is clean
     assert RE.state == "idle"
-    (first_uid,) = [u for u in good.done]
+    (first_uid,) = list(good.done)
     assert len(good.done[first_uid]) < 50
     bad.fail_on = None
     (uid,) = RE(count([det], 3))
