@@ -34,6 +34,7 @@ _LAZY = {
     "ConsoleRecorder": "console",
     "CatalogRecorder": "catalog",
     "open_catalog": "catalog",
+    "close_catalog": "catalog",
     "setup_session": "session",
 }
 
@@ -55,6 +56,7 @@ __all__ = [
     "RunLog",
     "RunRecord",
     "RunWriter",
+    "close_catalog",
     "load_config",
     "load_recorder_set",
     "open_catalog",
