@@ -297,7 +297,7 @@ def open_catalog(
         ) from err
     db_uri = _sqlite_uri(root_dir / CATALOG_DB)
     if _init_database(db_uri):
-        log.info("created the catalog %s", root_dir / CATALOG_DB)
+        log.debug("created the catalog %s", root_dir / CATALOG_DB)
     table_uri = f"{tables}:///{root_dir / _TABLE_FILES[tables]}"
     readable_dirs = [str(root_dir)]
     for extra in readable:
@@ -309,7 +309,10 @@ def open_catalog(
         writable_storage=[str(root_dir / "data"), table_uri],
         readable_storage=readable_dirs,
     )
-    with _quiet("tiled.server.app"):
+    with _quiet("tiled.server.app"), warnings.catch_warnings():
+        # tiled 0.2.20's in-process client imports starlette's TestClient, which warns
+        # that httpx is deprecated there: nothing a beamline user can act on.
+        warnings.filterwarnings("ignore", message="Using .httpx. with .starlette.testclient.")
         context = Context.from_app(build_app(adapter))
     try:
         client = from_context(context, structure_clients=_structure_clients())

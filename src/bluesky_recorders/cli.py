@@ -33,9 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # our own messages at INFO; other libraries only when they warn
+        logging.getLogger("bluesky_recorders").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except BsrecError as err:

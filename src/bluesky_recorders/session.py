@@ -58,7 +58,7 @@ class Session:
 
     def banner(self) -> str:
         settings = self.recorders.settings
-        motors = [n for n, d in self.devices.items() if hasattr(d, "set") and "det" not in n]
+        motors = [n for n, d in self.devices.items() if hasattr(d, "position")]
         dets = [n for n in self.devices if n not in motors]
         lines = [
             "bluesky-recorders session",
@@ -172,6 +172,11 @@ def start_ipython(
     for key, value in values.items():
         if value:
             os.environ[_ENV_OPTIONS[key]] = str(Path(value).expanduser().absolute())
+    # so that `!bsrec runs` in the session looks where this session records
+    if data_root:
+        os.environ["BSREC_DATA_ROOT"] = os.environ[_ENV_OPTIONS["data_root"]]
+    if config:
+        os.environ["BSREC_CONFIG"] = os.environ[_ENV_OPTIONS["config"]]
     os.environ[_ENV_OPTIONS["start_sim"]] = "1" if start_sim else "0"
     profile = profile_dir()
     if profile is not None:
