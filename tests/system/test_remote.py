@@ -60,22 +60,22 @@ def test_record_in_another_process_from_the_0mq_proxy(proxy, tmp_path):
         "[recorders.console]\nprogress = false\n\n"
         "[recorders.catalog]\ndirectory = '{data_root}/catalog'\n"
     )
-    out = open(tmp_path / "record.out", "w+")
-    rec = subprocess.Popen(
-        [
-            str(BIN / "bsrec"),
-            "record",
-            "--zmq",
-            f"127.0.0.1:{pout}",
-            "--config",
-            str(config),
-            "--data-root",
-            str(tmp_path / "data"),
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "120"},
-    )
+    with open(tmp_path / "record.out", "w") as out:
+        rec = subprocess.Popen(
+            [
+                str(BIN / "bsrec"),
+                "record",
+                "--zmq",
+                f"127.0.0.1:{pout}",
+                "--config",
+                str(config),
+                "--data-root",
+                str(tmp_path / "data"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "120"},
+        )
     try:
         wait_for(
             lambda: "listening" in (tmp_path / "record.out").read_text(),
@@ -83,7 +83,8 @@ def test_record_in_another_process_from_the_0mq_proxy(proxy, tmp_path):
             "bsrec record to listen",
         )
         RE = RunEngine({})
-        RE.subscribe(Publisher(f"127.0.0.1:{pin}"))
+        publisher = Publisher(f"127.0.0.1:{pin}")
+        RE.subscribe(publisher)
         time.sleep(2.0)  # PUB/SUB slow joiner: let both ends connect to the proxy
         (uid,) = RE(scan([det], motor, -1, 1, 7))
         log = RunLog(tmp_path / "data" / "bsrec-runs.sqlite")
@@ -95,6 +96,7 @@ def test_record_in_another_process_from_the_0mq_proxy(proxy, tmp_path):
         (entry,) = [r for r in log.recent() if r.uid == uid]
         assert entry.num_events == {"primary": 7}
         assert "catalog" in entry.artifacts
+        publisher.close()  # a 0MQ context left open keeps the interpreter from exiting
     finally:
         rec.send_signal(signal.SIGTERM)
         code = rec.wait(30)
@@ -102,8 +104,10 @@ def test_record_in_another_process_from_the_0mq_proxy(proxy, tmp_path):
     assert code == 0, text
     assert "Scan #1" in text and text.count("\n") > 7  # the console recorder printed the table
 
-    from bluesky_recorders.catalog import open_catalog
+    from bluesky_recorders.catalog import close_catalog, open_catalog
 
     cat = open_catalog(tmp_path / "data" / "catalog")
-    table = cat[uid].primary.read()
-    assert list(table["det"].shape) == [7]
+    try:
+        assert list(cat[uid].primary.read()["det"].shape) == [7]
+    finally:
+        close_catalog(cat)

@@ -1,0 +1,38 @@
+"""Fixtures for system tests against the simulated beamline (real IOCs on loopback).
+
+``sim`` starts the IOCs once per session on free 127.0.0.1 ports and points this
+process's Channel Access clients at them; ``beamline`` is the connected devices dict.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bluesky_recorders.sim.manager import SimBeamline
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory):
+    """A started :class:`SimBeamline`; this process's CA client env points at it."""
+    root = tmp_path_factory.mktemp("sim")
+    with SimBeamline.start(root / "state", root / "detector-disk") as beamline:
+        beamline.configure_client()
+        yield beamline
+
+
+@pytest.fixture(scope="session")
+def beamline(sim):
+    """The simulated beamline's devices (``make_beamline``), connected.
+
+    The area detectors take 2 frames per point.
+    """
+    from bluesky_recorders.sim.devices import connect_all, make_beamline
+
+    devices = make_beamline(
+        mini_prefix=sim.mini_prefix,
+        ad_prefix=sim.ad_prefix,
+        ioc_root=sim.ioc_root,
+        frames_per_point=2,
+    )
+    connect_all(devices, timeout=10)
+    return devices
