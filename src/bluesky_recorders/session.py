@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,12 @@ def start_ipython(
     os.environ[_ENV_OPTIONS["start_sim"]] = "1" if start_sim else "0"
     profile = profile_dir()
     if profile is not None:
-        IPython.start_ipython(argv=["--profile-dir", str(profile)])
+        # IPython writes history, logs and pid files into its profile folder: run a copy
+        # in the state folder so the repository's profile stays as it is.
+        state = Path(state_dir).expanduser() if state_dir else default_state_dir()
+        work = state / "ipython" / profile.name
+        shutil.copytree(profile, work, dirs_exist_ok=True)
+        IPython.start_ipython(argv=["--profile-dir", str(work)])
     else:  # installed without the repository: same session, default IPython profile
         session = setup_session(**options_from_env())
         print(session.banner())

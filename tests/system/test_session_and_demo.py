@@ -62,3 +62,8 @@ def test_session_runs_a_scan_records_it_and_stops_the_iocs_it_started(tmp_path):
     assert "ROWS 3" in out
     assert "catalog: " + str(tmp_path / "data" / "catalog" / "catalog.db") in out
     assert not (tmp_path / "st" / "sim" / "sim.json").exists()
+
+
+def test_the_session_leaves_the_repository_profile_untouched():
+    profile = Path(__file__).resolve().parents[2] / "profiles" / "profile_bsrec"
+    assert sorted(p.name for p in profile.iterdir()) == ["ipython_config.py", "startup"]
