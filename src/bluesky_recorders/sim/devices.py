@@ -27,6 +27,8 @@ from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO, Kind
 from ophyd import FormattedComponent as FCpt
 
+from ..errors import BeamlineError
+
 __all__ = [
     "CAConnectionError",
     "DotMotor",
@@ -44,7 +46,7 @@ __all__ = [
 CLIENT_ENV_KEYS = ("EPICS_CA_ADDR_LIST", "EPICS_CA_AUTO_ADDR_LIST", "EPICS_CA_SERVER_PORT")
 
 
-class CAConnectionError(ConnectionError):
+class CAConnectionError(BeamlineError):
     """Some PVs did not connect; ``.pvs`` lists them."""
 
     def __init__(self, message: str, pvs: list[str]):

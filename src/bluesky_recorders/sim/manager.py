@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import BeamlineError
+
 __all__ = ["HOST", "SimBeamline", "SimBeamlineRunningError", "SimBeamlineError", "find_free_port"]
 
 HOST = "127.0.0.1"
@@ -58,7 +60,7 @@ for arg in sys.argv[2:]:
 _REPEATER = "from caproto.sync.repeater import run; run(host='127.0.0.1')"
 
 
-class SimBeamlineError(RuntimeError):
+class SimBeamlineError(BeamlineError, RuntimeError):
     """The simulated beamline could not be started, found or stopped."""
 
 
