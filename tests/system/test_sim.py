@@ -220,9 +220,22 @@ def test_unreachable_pv_fails_fast_and_clearly(tmp_path):
     assert f"EPICS_CA_SERVER_PORT={port}" in proc.stderr
 
 
-def test_configure_ca_env_refuses_a_second_setting(sim, beamline):
-    from bluesky_recorders.sim.devices import configure_ca_env
-
-    with pytest.raises(RuntimeError, match="already created"):
-        configure_ca_env(find_free_port())
-    assert os.environ["EPICS_CA_SERVER_PORT"] == str(sim.port)
+def test_configure_ca_env_works_after_ophyd_made_its_context(sim):
+    """`import ophyd` makes the caproto context when caproto is ophyd's default layer
+    (no pyepics installed): the beamline must still be reachable afterwards."""
+    code = (
+        "import ophyd; ophyd.set_cl('caproto'); "
+        "from ophyd import EpicsSignal; EpicsSignal('nobody:home', name='x'); "
+        "from caproto.threading import pyepics_compat as p; "
+        "assert p._make_context.cache_info().currsize == 1; "
+        "from bluesky_recorders.sim import SimBeamline, connect_all, make_beamline; "
+        f"sim = SimBeamline.load({str(sim.state_dir)!r}); sim.configure_client(); "
+        "d = make_beamline(mini_prefix=sim.mini_prefix, ad_prefix=sim.ad_prefix); "
+        "connect_all(d); print('POS', d['ph_mtr'].position)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPICS_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "POS" in out.stdout

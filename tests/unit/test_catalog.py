@@ -32,7 +32,6 @@ from bluesky_recorders.testing import (
     ad_hdf5_run,
     feed,
     realruns,
-    realruns_dir,
     scalar_run,
     stream_resource_run,
 )
@@ -281,7 +280,6 @@ def test_loaded_from_toml(tmp_path):
 # -- the recorded APS streams ----------------------------------------------------
 
 
-@pytest.mark.skipif(not realruns_dir().is_dir(), reason="the recorded APS runs are not here")
 def test_realruns_through_a_recorder_set(tmp_path):
     rec = CatalogRecorder(directory=tmp_path / "catalog", batch_size=1000)
     stopped = []

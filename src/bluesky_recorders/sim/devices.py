@@ -70,8 +70,10 @@ def configure_ca_env(
 
     Sets ``EPICS_CA_ADDR_LIST``, ``EPICS_CA_AUTO_ADDR_LIST=NO`` and
     ``EPICS_CA_SERVER_PORT`` (and ``EPICS_CA_REPEATER_PORT`` if given) in ``os.environ``
-    and returns them. Raises ``RuntimeError`` if ophyd's caproto client context already
-    exists with other settings: it read the environment once, at creation.
+    and returns them. It works also after ophyd made its caproto client context (which
+    ``import ophyd`` does when caproto is its default control layer): caproto reads the
+    address list from ``os.environ`` at every search, and the few values the context
+    cached at creation are updated here.
     """
     env = {
         "EPICS_CA_ADDR_LIST": addr_list,
@@ -80,21 +82,14 @@ def configure_ca_env(
     }
     if repeater_port is not None:
         env["EPICS_CA_REPEATER_PORT"] = str(int(repeater_port))
+    os.environ.update(env)
     ctx = _existing_caproto_context()
     if ctx is not None:
-        seen = ctx.broadcaster.environ
-        diff = {
-            k: (str(seen.get(k)), v)
-            for k, v in env.items()
-            if k != "EPICS_CA_REPEATER_PORT" and str(seen.get(k)) != v
-        }
-        if diff:
-            details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
-            raise RuntimeError(
-                "The caproto client context was already created with other EPICS "
-                f"settings ({details}); call configure_ca_env() before creating any device."
-            )
-    os.environ.update(env)
+        cached = ctx.broadcaster.environ
+        for key in ("EPICS_CA_ADDR_LIST", "EPICS_CA_AUTO_ADDR_LIST"):
+            cached[key] = env[key]
+        cached["EPICS_CA_SERVER_PORT"] = int(port)
+        ctx.broadcaster.ca_server_port = int(port)
     return env
 
 
