@@ -10,6 +10,7 @@ stops the IOCs. Exit code 0 only if all of that worked.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,11 +120,13 @@ def _report(rs: Any, uids: list[str]) -> None:
             for path in paths:
                 print(f"  {name:<8} {path}")
     catalog_rec = next((r for r in rs.recorders.values() if r.kind == "catalog"), None)
+    bindir = Path(sys.executable).parent
     print("\nHow to open it:")
-    print(f"  bsrec runs --data-root {rs.settings.data_root}")
+    print(f"  {bindir / 'bsrec'} runs --data-root {rs.settings.data_root}")
     if catalog_rec is not None:
         print(
-            '  python -c "from bluesky_recorders.catalog import open_catalog; '
+            f"  {bindir / 'python'} -c "
+            '"from bluesky_recorders.catalog import open_catalog; '
             f"cat = open_catalog('{catalog_rec.directory}'); print(cat[-1].primary.read())\""
         )
     print(f"  detector files (HDF5, /entry/data/data): {rs.settings.path_map.local_roots}")

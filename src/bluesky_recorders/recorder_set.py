@@ -17,9 +17,9 @@ stop document's reason) or at the stop; ``warn`` failures are only logged.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -40,37 +40,60 @@ _VALIDATED = frozenset({"start", "descriptor", "stop", "resource", "stream_resou
 #: Documents never dropped, even by a recorder whose queue may drop.
 _NEVER_DROPPED = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
 _CLOSE = object()
+#: Seconds an idle recorder thread sleeps before looking at its queue again.
+_POLL_INTERVAL = 0.01
 #: Seconds the stop document waits, at most, for a recorder whose policy is 'warn'.
 _LIVE_DRAIN_LIMIT = 10.0
 
 
 class _Worker:
-    """A recorder's thread and its bounded queue."""
+    """A recorder's thread and its bounded queue.
 
-    def __init__(self, recorder: Recorder, report: Any) -> None:
+    The queue is a deque the thread polls: waking a thread for every document
+    costs the RunEngine thread about 30 µs of CPU (measured here: a futex wake
+    on a virtual machine), an append about 1 µs. The thread is woken only when
+    it is needed now: a stop to drain, a full queue, closing.
+    """
+
+    def __init__(self, recorder: Recorder, report: Any, poll: float = _POLL_INTERVAL) -> None:
         self.recorder = recorder
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, recorder.queue_size))
+        self.maxsize = max(1, recorder.queue_size)
         self.dropped = 0
+        self.poll = poll
+        self._items: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self._enqueued = 0  # written by the producer only
+        self._done = 0  # written by this worker's thread only
+        self._waiting = False  # a producer waits for progress (drain or room)
         self._report = report
         self.thread = threading.Thread(
             target=self._loop, name=f"bsrec-{recorder.name}", daemon=True
         )
         self.thread.start()
 
+    @property
+    def pending(self) -> int:
+        return self._enqueued - self._done
+
     def put(self, name: str, doc: Mapping[str, Any]) -> None:
-        if self.recorder.when_full == "drop" and name not in _NEVER_DROPPED:
-            try:
-                self.queue.put_nowait((name, doc))
-            except queue.Full:
+        if len(self._items) >= self.maxsize:
+            if self.recorder.when_full == "drop" and name not in _NEVER_DROPPED:
                 self.dropped += 1
-            return
-        self.queue.put((name, doc))
+                return
+            self._wait_for(lambda: len(self._items) < self.maxsize, None)
+        self._items.append((name, doc))
+        self._enqueued += 1
 
     def _loop(self) -> None:
+        items = self._items
         while True:
-            item = self.queue.get()
-            try:
+            self._wake.wait(self.poll)
+            self._wake.clear()
+            while items:
+                item = items.popleft()
                 if item is _CLOSE:
+                    self._progress()
                     return
                 name, doc = item
                 try:
@@ -82,23 +105,39 @@ class _Worker:
                         self.recorder,
                         RecorderError(self.recorder.name, cause=err, doc_name=name),
                     )
+                self._done += 1
+                if self._waiting:
+                    self._progress()
+            self._progress()
+
+    def _progress(self) -> None:
+        if self._waiting:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _wait_for(self, predicate: Any, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._waiting = True
+            try:
+                while not predicate():
+                    self._wake.set()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(min(self.poll, remaining) if remaining else self.poll)
             finally:
-                self.queue.task_done()
+                self._waiting = False
+        return True
 
     def drain(self, timeout: float) -> bool:
         """Wait until every queued document is handled; False on timeout."""
-        deadline = time.monotonic() + timeout
-        cond = self.queue.all_tasks_done
-        with cond:
-            while self.queue.unfinished_tasks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                cond.wait(remaining)
-        return True
+        target = self._enqueued
+        return self._wait_for(lambda: self._done >= target, timeout)
 
     def stop(self, timeout: float) -> None:
-        self.queue.put(_CLOSE)
+        self._items.append(_CLOSE)
+        self._wake.set()
         self.thread.join(timeout)
 
 
@@ -225,7 +264,7 @@ class RecorderSet:
                     DrainTimeoutError(
                         worker.recorder.name,
                         cause=f"did not finish the run within {limit:g} s "
-                        f"({worker.queue.qsize()} documents still queued); it goes on writing",
+                        f"({worker.pending} documents not yet written); it goes on writing",
                         run_uid=run,
                     ),
                 )
