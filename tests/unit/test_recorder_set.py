@@ -27,6 +27,8 @@ class SlowWriter(RunWriter):
         if rec.fail_on and rec.fail_on in doc["seq_num"] and doc["descriptor"] in rec.primary:
             raise OSError(5, "Input/output error")
         time.sleep(rec.delay)
+        if rec.gate is not None:
+            rec.gate.wait()
         self.rows.extend(doc["seq_num"])
         rec.threads.add(threading.current_thread().name)
 
@@ -45,7 +47,7 @@ class SlowRecorder(Recorder):
     def __init__(self, *, delay=0.0, fail_on=None, saves=True, **common):
         self.saves_data = saves
         super().__init__(**common)
-        self.delay, self.fail_on = delay, fail_on
+        self.delay, self.fail_on, self.gate = delay, fail_on, None
         self.done, self.threads, self.primary = {}, set(), set()
 
 
@@ -118,18 +120,37 @@ def test_drain_timeout_is_reported_and_the_recorder_goes_on(tmp_path):
     assert slow.done[docs[0][1]["uid"]] == [1, 2, 3, 4, 5]
 
 
-def test_drop_policy_never_blocks_and_keeps_start_and_stop():
-    slow = SlowRecorder(name="live", delay=0.05, on_error="warn", when_full="drop", queue_size=2)
-    rs = RecorderSet([slow])
+def test_drop_policy_never_blocks_and_keeps_start_and_stop(caplog):
+    live = SlowRecorder(name="live", on_error="warn", when_full="drop", queue_size=2)
+    live.gate = threading.Event()  # the writer is stuck until the gate opens
+    rs = RecorderSet([live])
     docs = scalar_run(20, baseline=False)
-    t0 = time.perf_counter()
-    for name, doc in docs[:-1]:
-        rs(name, doc)
-        time.sleep(0.01)
-    assert time.perf_counter() - t0 < 0.8  # 20 x 50 ms would block for a second
-    feed(rs, docs[-1:])
-    rows = slow.done[docs[0][1]["uid"]]
-    assert 0 < len(rows) < 20
+    feeder = threading.Thread(target=feed, args=(rs, docs[:-1]))
+    feeder.start()
+    feeder.join(30)
+    assert not feeder.is_alive()  # a full queue of a 'drop' recorder never blocks the caller
+    live.gate.set()
+    with caplog.at_level(logging.WARNING, logger="bluesky_recorders"):
+        feed(rs, docs[-1:])  # the stop is never dropped, and drains the rest
+    rows = live.done[docs[0][1]["uid"]]  # start and stop reached the writer
+    assert len(rows) < 20 and rows == sorted(rows)
+    assert f"live: dropped {20 - len(rows)} documents" in caplog.text
+    rs.close()
+
+
+def test_block_policy_waits_for_room_and_loses_nothing():
+    rec = SlowRecorder(name="nexus-like", queue_size=2)
+    rec.gate = threading.Event()
+    rs = RecorderSet([rec])
+    docs = scalar_run(20, baseline=False)
+    feeder = threading.Thread(target=feed, args=(rs, docs))
+    feeder.start()
+    feeder.join(0.5)
+    assert feeder.is_alive()  # held back by the full queue, as the policy says
+    rec.gate.set()
+    feeder.join(30)
+    assert not feeder.is_alive()
+    assert rec.done[docs[0][1]["uid"]] == list(range(1, 21))
     rs.close()
 
 
