@@ -24,6 +24,14 @@ from .errors import (
     RecorderError,
 )
 from .external import AssetIndex, ExternalFrames, PathMap
+from .paths import (
+    DirectoryPolicy,
+    PathExistsError,
+    PathPolicyError,
+    file_name,
+    run_directory,
+    safe_name,
+)
 from .recorder import Recorder, RunWriter
 from .recorder_set import RecorderSet
 from .runlog import RunLog, RunRecord
@@ -47,9 +55,12 @@ __all__ = [
     "ConfigError",
     "ConsoleRecorder",
     "DocumentError",
+    "DirectoryPolicy",
     "DrainTimeoutError",
     "ExternalFrames",
+    "PathExistsError",
     "PathMap",
+    "PathPolicyError",
     "Recorder",
     "RecorderError",
     "RecorderSet",
@@ -57,9 +68,12 @@ __all__ = [
     "RunRecord",
     "RunWriter",
     "close_catalog",
+    "file_name",
     "load_config",
     "load_recorder_set",
     "open_catalog",
+    "run_directory",
+    "safe_name",
     "setup_session",
 ]
 

@@ -42,6 +42,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote, urlparse, urlunparse
 
 from .external import PathMap
+from .paths import DirectoryPolicy
 from .recorder import Recorder, RunWriter
 
 __all__ = [
@@ -266,6 +267,7 @@ def open_catalog(
     *,
     readable: Iterable[str | os.PathLike[str]] = (),
     tables: TableStorage = "sqlite",
+    policy: DirectoryPolicy | None = None,
 ) -> Any:
     """Open (creating it if missing) the local catalog in ``directory``.
 
@@ -275,7 +277,8 @@ def open_catalog(
     (local paths): tiled refuses to reference files outside them.
     ``tables`` chooses tiled's tabular storage for event data: ``"sqlite"``
     (default) lets another process read the catalog while this one has it
-    open; ``"duckdb"`` holds an exclusive file lock until closed.
+    open; ``"duckdb"`` holds an exclusive file lock until closed. ``policy``
+    gives the group and modes of the directories and database it creates.
 
     Call :func:`close_catalog` (or let the process exit) to release it.
     Opening costs about 1 s once tiled is imported (about 3 s more the first
@@ -290,13 +293,14 @@ def open_catalog(
         raise ValueError(f"tables must be 'sqlite' or 'duckdb', not {tables!r}")
     root_dir = Path(os.path.expanduser(os.fspath(directory))).absolute()
     try:
-        (root_dir / "data").mkdir(parents=True, exist_ok=True)
+        (policy or DirectoryPolicy()).make_dirs(root_dir, root_dir / "data")
     except OSError as err:
         raise OSError(
             err.errno, f"cannot create the catalog directory {root_dir}: {err.strerror}"
         ) from err
     db_uri = _sqlite_uri(root_dir / CATALOG_DB)
     if _init_database(db_uri):
+        (policy or DirectoryPolicy()).apply_file(root_dir / CATALOG_DB)
         log.debug("created the catalog %s", root_dir / CATALOG_DB)
     table_uri = f"{tables}:///{root_dir / _TABLE_FILES[tables]}"
     readable_dirs = [str(root_dir)]
@@ -467,9 +471,11 @@ class CatalogRecorder(Recorder):
         readable: Iterable[str | os.PathLike[str]] = (),
         batch_size: int = 100,
         tables: TableStorage = "sqlite",
+        policy: DirectoryPolicy | None = None,
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        self.policy = policy or DirectoryPolicy()
         if directory is None:
             if data_root is None:
                 raise ValueError("a catalog recorder needs a directory or a data_root")
@@ -502,7 +508,7 @@ class CatalogRecorder(Recorder):
         with self._lock:
             if self._catalog is None:
                 self._catalog = open_catalog(
-                    self.directory, readable=self.readable, tables=self.tables
+                    self.directory, readable=self.readable, tables=self.tables, policy=self.policy
                 )
             return self._catalog
 

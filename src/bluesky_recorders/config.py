@@ -7,6 +7,9 @@ without editing code. The format::
     data_root = "~/bsrec-data"      # BSREC_DATA_ROOT overrides it
     drain_timeout = 120             # seconds the stop document waits for a recorder
     validate = true                 # check rare documents against the schemas
+    group = "bl9users"              # group of what recorders create (default: the user's)
+    dir_mode = 0o2770               # modes of created directories and files; never
+    file_mode = 0o660               # world-writable
 
     [path_map]                      # IOC-side path prefix -> local prefix
     "/detector-disk" = "{data_root}/detector-disk"
@@ -34,6 +37,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .external import PathMap
+from .paths import DirectoryPolicy, PathPolicyError
 from .recorder import Recorder
 
 __all__ = [
@@ -51,7 +55,15 @@ RECORDER_KINDS: dict[str, str] = {
     "catalog": "bluesky_recorders.catalog:CatalogRecorder",
 }
 
-_SETTINGS_KEYS = {"data_root", "drain_timeout", "validate", "run_log"}
+_SETTINGS_KEYS = {
+    "data_root",
+    "drain_timeout",
+    "validate",
+    "run_log",
+    "group",
+    "dir_mode",
+    "file_mode",
+}
 _TOP_KEYS = {"settings", "path_map", "recorders"}
 _RECORDER_META_KEYS = {"kind", "enabled"}
 
@@ -65,10 +77,18 @@ class Settings:
     drain_timeout: float = 120.0
     validate: bool = True
     run_log: Path | None = None
+    group: str | int | None = None
+    dir_mode: int = 0o2770
+    file_mode: int = 0o660
 
     @property
     def run_log_path(self) -> Path:
         return self.run_log or self.data_root / "bsrec-runs.sqlite"
+
+    @property
+    def directory_policy(self) -> DirectoryPolicy:
+        """Group and modes of every directory and file the recorders create."""
+        return DirectoryPolicy(group=self.group, dir_mode=self.dir_mode, file_mode=self.file_mode)
 
 
 @dataclass
@@ -175,12 +195,34 @@ def load_config(
     if not isinstance(validate, bool):
         raise fail("settings", "validate", "must be true or false")
     run_log = settings_raw.get("run_log")
+    group = settings_raw.get("group")
+    try:
+        DirectoryPolicy(group=group)
+    except PathPolicyError as err:
+        raise fail("settings", "group", str(err)) from None
+    modes = {}
+    for key, default in (("dir_mode", 0o2770), ("file_mode", 0o660)):
+        value = settings_raw.get(key, default)
+        if isinstance(value, str):  # "2770", as chmod takes it
+            try:
+                value = int(value, 8)
+            except ValueError:
+                raise fail(
+                    "settings", key, f'must be an octal mode such as 0o{default:o} or "{default:o}"'
+                ) from None
+        try:
+            DirectoryPolicy(**{key: value})
+        except (PathPolicyError, TypeError) as err:
+            raise fail("settings", key, str(err)) from None
+        modes[key] = value
     settings = Settings(
         data_root=root_path,
         path_map=PathMap(prefix_map),
         drain_timeout=drain_timeout,
         validate=validate,
         run_log=Path(_expand(run_log, subst)) if run_log else None,
+        group=group,
+        **modes,
     )
 
     specs = []
@@ -243,6 +285,8 @@ def load_recorder_set(
             opts.setdefault("data_root", settings.data_root)
         if "path_map" in allowed:
             opts.setdefault("path_map", settings.path_map)
+        if "policy" in allowed:
+            opts.setdefault("policy", settings.directory_policy)
         try:
             recorders.append(cls(**opts))
         except (TypeError, ValueError) as err:
@@ -250,7 +294,7 @@ def load_recorder_set(
             raise ConfigError(f"{at}: [recorders.{spec.name}]: {err}") from None
     rs = RecorderSet(
         recorders,
-        run_log=RunLog(settings.run_log_path),
+        run_log=RunLog(settings.run_log_path, policy=settings.directory_policy),
         validate=settings.validate,
         drain_timeout=settings.drain_timeout,
     )

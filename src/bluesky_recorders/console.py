@@ -68,7 +68,7 @@ Role = Literal["seq_num", "time", "motor", "detector"]
 #: document, the first one present wins. Extend it for new metadata.
 RUN_INFO: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proposal", ("experiment.proposal_id", "experiment.proposal", "proposal_id")),
-    ("PI", ("experiment.pi", "pi")),
+    ("PI", ("experiment.pi.name", "experiment.pi.last_name", "pi")),
     ("sample", ("experiment.sample.name", "experiment.sample", "sample.name", "sample")),
 )
 #: Start-document (then plan_args) keys that give the time of one point, in seconds.

@@ -56,17 +56,28 @@ class RunRecord:
 
 
 class RunLog:
-    """Read and write the run log at ``path``."""
+    """Read and write the run log at ``path``.
 
-    def __init__(self, path: str | Path) -> None:
+    ``policy`` (a :class:`~bluesky_recorders.paths.DirectoryPolicy`) gives the
+    group and modes of the folder and file when they are created.
+    """
+
+    def __init__(self, path: str | Path, *, policy: Any = None) -> None:
         self.path = Path(path)
+        self.policy = policy
 
     def __repr__(self) -> str:
         return f"RunLog({str(self.path)!r})"
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        if new and self.policy is not None:
+            self.policy.make_dirs(self.path.parent, self.path.parent)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=10)
+        if new and self.policy is not None:
+            self.policy.apply_file(self.path)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         con.executescript(_SCHEMA)

@@ -113,3 +113,29 @@ def test_build_a_set_with_a_renamed_recorder_and_a_disabled_one(tmp_path):
     only = load_recorder_set(text=text, data_root=tmp_path, only=["catalog"])
     assert list(only.recorders) == ["catalog"]
     only.close()
+
+
+def test_group_and_modes(tmp_path):
+    config = load_config(text="[settings]\ndir_mode = 0o2750\nfile_mode = '640'\n")
+    assert (config.settings.dir_mode, config.settings.file_mode) == (0o2750, 0o640)
+    with pytest.raises(ConfigError, match=r"set.toml:2: \[settings\] dir_mode"):
+        load_config(write(tmp_path, "[settings]\ndir_mode = 0o2777\n"))  # world-writable
+    with pytest.raises(ConfigError, match=r"\[settings\] file_mode: must be an octal mode"):
+        load_config(write(tmp_path, "[settings]\nfile_mode = 'rw-rw----'\n"))
+    with pytest.raises(ConfigError, match=r"\[settings\] group"):
+        load_config(write(tmp_path, "[settings]\ngroup = 'no-such-group-here'\n"))
+
+
+def test_the_run_log_and_catalog_folders_get_the_configured_modes(tmp_path):
+    import stat
+
+    from bluesky_recorders.testing import feed, scalar_run
+
+    rs = load_recorder_set(
+        text="[settings]\ndir_mode = 0o2750\nfile_mode = 0o640\n[recorders.console]\nfile = '-'\n",
+        data_root=tmp_path / "root",
+    )
+    feed(rs, scalar_run(2))
+    rs.close()
+    assert stat.S_IMODE((tmp_path / "root").stat().st_mode) == 0o2750
+    assert stat.S_IMODE((tmp_path / "root" / "bsrec-runs.sqlite").stat().st_mode) == 0o640

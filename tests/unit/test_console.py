@@ -123,6 +123,10 @@ def test_run_info_reads_the_experiment_metadata():
         ("sample", "Si"),
     ]
     assert [label for label, _ in RUN_INFO] == ["proposal", "PI", "sample"]
+    # what the metadata service puts in the start document when nothing is known
+    empty = {"proposal_id": "", "pi": {"name": "", "last_name": "", "email": ""},
+             "sample": {"name": "", "description": "", "chemical_formula": "", "extra": {}}}
+    assert run_info({"uid": "abcdef123456", "experiment": empty}) == [("uid", "abcdef12")]
 
 
 def test_start_lines(utc):
@@ -132,7 +136,7 @@ def test_start_lines(utc):
         "scan_id": 12,
         "plan_name": "scan",
         "num_points": 11,
-        "experiment": {"pi": "Jane Doe"},
+        "experiment": {"pi": {"name": "Jane Doe", "last_name": "Doe", "email": ""}},
     }
     assert start_lines(start) == [
         "Scan #12 (scan) started at 2026-11-18 11:06:40. It will take at least 11 points.",

@@ -7,6 +7,7 @@ import sys
 import bluesky_recorders
 
 MODULES = [
+    "paths",
     "config",
     "errors",
     "external",
