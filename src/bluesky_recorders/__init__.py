@@ -44,6 +44,11 @@ _LAZY = {
     "open_catalog": "catalog",
     "close_catalog": "catalog",
     "setup_session": "session",
+    "MetadataService": "metadata",
+    "attach_metadata": "metadata",
+    "MetadataUnavailableError": "metadata",
+    "MetadataValueError": "metadata",
+    "ScheduleError": "metadata",
 }
 
 __all__ = [
@@ -58,6 +63,9 @@ __all__ = [
     "DirectoryPolicy",
     "DrainTimeoutError",
     "ExternalFrames",
+    "MetadataService",
+    "MetadataUnavailableError",
+    "MetadataValueError",
     "PathExistsError",
     "PathMap",
     "PathPolicyError",
@@ -67,6 +75,8 @@ __all__ = [
     "RunLog",
     "RunRecord",
     "RunWriter",
+    "ScheduleError",
+    "attach_metadata",
     "close_catalog",
     "file_name",
     "load_config",

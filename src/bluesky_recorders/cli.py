@@ -7,6 +7,8 @@
     bsrec runs                    recent runs and the files each recorder wrote
     bsrec record --zmq HOST:PORT  record, in this process, the runs published to a 0MQ proxy
     bsrec sim start|stop|status   the simulated beamline's IOCs
+    bsrec metadata sync|set|show  fill and read the metadata service
+    bsrec metadata-ioc --prefix P the metadata service's IOC (caproto)
     bsrec config check [FILE]     check a recorder-set file
 """
 
@@ -27,6 +29,12 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["metadata-ioc"]:  # every option belongs to the IOC (caproto's parser)
+        from .metadata.ioc import main as ioc_main
+
+        ioc_main(argv[1:])
+        return 0
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -48,7 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bsrec", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="bsrec",
+        description="bluesky-recorders: record bluesky runs.\n" + __doc__.split("::")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -84,9 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("file", nargs="?", help="default: recorders/default.toml")
     c.set_defaults(func=_cmd_config_check)
 
+    # handled in main() before parsing: listed here for --help only
+    sub.add_parser("metadata-ioc", help="run the metadata service's IOC (see --help of it)")
+
+    from .metadata import cli as metadata_cli
     from .sim import cli as sim_cli
 
     sim_cli.register(sub)
+    metadata_cli.register(sub)
     return p
 
 

@@ -10,6 +10,8 @@ without editing code. The format::
     group = "bl9users"              # group of what recorders create (default: the user's)
     dir_mode = 0o2770               # modes of created directories and files; never
     file_mode = 0o660               # world-writable
+    metadata_prefix = "BL:MD:"      # the metadata service read at every run start
+    require_metadata = false        # true: refuse runs while it cannot be read
 
     [path_map]                      # IOC-side path prefix -> local prefix
     "/detector-disk" = "{data_root}/detector-disk"
@@ -63,6 +65,8 @@ _SETTINGS_KEYS = {
     "group",
     "dir_mode",
     "file_mode",
+    "metadata_prefix",
+    "require_metadata",
 }
 _TOP_KEYS = {"settings", "path_map", "recorders"}
 _RECORDER_META_KEYS = {"kind", "enabled"}
@@ -80,6 +84,8 @@ class Settings:
     group: str | int | None = None
     dir_mode: int = 0o2770
     file_mode: int = 0o660
+    metadata_prefix: str | None = None
+    require_metadata: bool = False
 
     @property
     def run_log_path(self) -> Path:
@@ -215,6 +221,12 @@ def load_config(
         except (PathPolicyError, TypeError) as err:
             raise fail("settings", key, str(err)) from None
         modes[key] = value
+    metadata_prefix = settings_raw.get("metadata_prefix")
+    if metadata_prefix is not None and not isinstance(metadata_prefix, str):
+        raise fail("settings", "metadata_prefix", "must be a PV prefix string, e.g. 'BL:MD:'")
+    require_metadata = settings_raw.get("require_metadata", False)
+    if not isinstance(require_metadata, bool):
+        raise fail("settings", "require_metadata", "must be true or false")
     settings = Settings(
         data_root=root_path,
         path_map=PathMap(prefix_map),
@@ -222,6 +234,8 @@ def load_config(
         validate=validate,
         run_log=Path(_expand(run_log, subst)) if run_log else None,
         group=group,
+        metadata_prefix=metadata_prefix,
+        require_metadata=require_metadata,
         **modes,
     )
 

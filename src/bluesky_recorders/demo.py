@@ -26,6 +26,7 @@ def run_demo(*, config: str | Path | None = None, data_root: Path | None = None)
     from bluesky.utils import PersistentDict
 
     from .config import load_config, load_recorder_set
+    from .metadata.device import attach_metadata
     from .sim import SimBeamline, connect_all, make_beamline
 
     root = (data_root or Path("demo-data")).expanduser().absolute()
@@ -44,11 +45,13 @@ def run_demo(*, config: str | Path | None = None, data_root: Path | None = None)
             mini_prefix=sim.mini_prefix, ad_prefix=sim.ad_prefix, ioc_root=sim.ioc_root
         )
         connect_all(devices)
+        metadata = _demo_metadata(sim, root)
         rs = load_recorder_set(
             config, data_root=root, path_map={sim.ioc_root: str(sim.local_detector_root)}
         )
         RE = RunEngine(PersistentDict(str(root / ".runengine-md")))
         RE.subscribe(rs)
+        attach_metadata(RE, metadata)
         d = devices
         plans = [
             ("step scan", scan([d["ph_det"]], d["ph_mtr"], -1, 1, 11)),
@@ -81,6 +84,42 @@ def run_demo(*, config: str | Path | None = None, data_root: Path | None = None)
     return 0
 
 
+#: What the demo puts into the metadata service, as `bsrec metadata set` would.
+DEMO_METADATA = {
+    "proposal.id": "demo-0001",
+    "proposal.title": "bluesky-recorders demo",
+    "pi.name": "Ada Lovelace",
+    "pi.last_name": "Lovelace",
+    "pi.email": "ada@example.org",
+    "sample.name": "Si powder",
+    "sample.formula": "Si",
+    "beamline.id": "SIM-1",
+}
+
+
+def _demo_metadata(sim: Any, root: Path) -> Any:
+    """Fill the simulated metadata service for the demo's experiment; return the device."""
+    from .metadata.device import MetadataService
+    from .metadata.model import set_dotted
+    from .paths import experiment_dir
+
+    service = MetadataService(sim.metadata_prefix, name="metadata")
+    current = service.read_values()
+    values = dict(current)
+    for key, text in DEMO_METADATA.items():
+        values = set_dotted(values, key, text)
+    values = set_dotted(
+        values,
+        "data_directory",
+        str(experiment_dir(root, when=time.time(), pi_last_name=DEMO_METADATA["pi.last_name"])),
+    )
+    service.write_values(
+        {k: v for k, v in values.items() if k != "updated" and v != current.get(k)}
+    )
+    print(f"  metadata service {sim.metadata_prefix}: proposal demo-0001, PI Ada Lovelace")
+    return service
+
+
 def _check(rs: Any, uids: list[str], sim: Any) -> list[str]:
     """What went wrong, read back from what the recorders wrote."""
     problems = []
@@ -100,6 +139,10 @@ def _check(rs: Any, uids: list[str], sim: Any) -> list[str]:
             for uid in uids:
                 if uid not in cat:
                     problems.append(f"run {uid} is not in the catalog {catalog_rec.directory}")
+                    continue
+                pi = cat[uid].start.get("experiment", {}).get("pi", {}).get("name")
+                if pi != DEMO_METADATA["pi.name"]:
+                    problems.append(f"run {uid}: the catalog's start document has PI {pi!r}")
             images = cat[uids[-1]].primary.read()["ad_det_image"]
             print(f"\n  catalog reads back the detector images: shape {tuple(images.shape)}")
             if images.shape[0] != 5:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Session", "default_state_dir", "setup_session", "start_ipython"]
+__all__ = [
+    "Session",
+    "default_state_dir",
+    "experiment_summary",
+    "setup_session",
+    "start_ipython",
+]
 
 log = logging.getLogger("bluesky_recorders.session")
 
@@ -43,6 +49,7 @@ class Session:
     devices: dict[str, Any]
     sim: Any = None
     started_sim: bool = False
+    metadata: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def namespace(self) -> dict[str, Any]:
@@ -53,6 +60,8 @@ class Session:
         for name in ("count", "scan", "rel_scan", "list_scan", "grid_scan", "rel_grid_scan"):
             ns[name] = getattr(bp, name)
         ns.update(self.devices)
+        if self.metadata is not None:
+            ns["metadata"] = self.metadata
         ns.update(self.extras)
         ns["session"] = self
         return ns
@@ -73,12 +82,40 @@ class Session:
         ]
         if self.sim is not None:
             lines.append(f"  IOCs      : simulated beamline on 127.0.0.1, port {self.sim.port}")
+        lines.append(f"  experiment: {self.experiment_line()}")
         return "\n".join(lines)
+
+    def experiment_line(self) -> str:
+        """The active experiment, as the metadata service says now."""
+        if self.metadata is None:
+            return "no metadata service configured"
+        try:
+            snap = self.metadata.snapshot(timeout=2.0)
+        except Exception as err:  # the banner must never stop the session
+            return f"metadata service {self.metadata.prefix} unavailable ({err})"
+        return experiment_summary(snap)
 
     def close(self) -> None:
         self.recorders.close()
         if self.started_sim and self.sim is not None:
             self.sim.stop()
+
+
+def experiment_summary(snapshot: dict[str, Any]) -> str:
+    """One line naming the proposal, PI, sample and data directory of a snapshot."""
+    parts = []
+    if snapshot.get("proposal_id"):
+        title = snapshot.get("title") or ""
+        parts.append(f"proposal {snapshot['proposal_id']}" + (f" ({title})" if title else ""))
+    pi = (snapshot.get("pi") or {}).get("name")
+    if pi:
+        parts.append(f"PI {pi}")
+    sample = (snapshot.get("sample") or {}).get("name")
+    if sample:
+        parts.append(f"sample {sample}")
+    if snapshot.get("data_directory"):
+        parts.append(f"data in {snapshot['data_directory']}")
+    return ", ".join(parts) or "none set (bsrec metadata sync, or bsrec metadata set ...)"
 
 
 def setup_session(
@@ -98,39 +135,51 @@ def setup_session(
     state = Path(state_dir).expanduser() if state_dir else default_state_dir()
     state.mkdir(parents=True, exist_ok=True)
     sim, started, devices, path_map = None, False, {}, {}
-    if start_sim:
-        from .sim import SimBeamline, connect_all, make_beamline
+    try:
+        if start_sim:
+            from .sim import SimBeamline, connect_all, make_beamline
 
-        settings = load_config(config, data_root=data_root).settings
-        sim_dir = state / "sim"
-        sim = _attach(SimBeamline, sim_dir)
-        if sim is None:
-            local = settings.path_map.translate("/detector-disk")
-            if local == "/detector-disk":
-                local = str(settings.data_root / "detector-disk")
-            sim = SimBeamline.start(sim_dir, local_detector_root=local)
-            started = True
-        path_map = {sim.ioc_root: str(sim.local_detector_root)}
-        sim.configure_client()
-        devices = make_beamline(
-            mini_prefix=sim.mini_prefix, ad_prefix=sim.ad_prefix, ioc_root=sim.ioc_root
-        )
-        connect_all(devices)
-    rs = load_recorder_set(config, data_root=data_root, path_map=path_map)
-    RE = RunEngine(PersistentDict(str(state / "runengine-md")))
-    RE.subscribe(rs)
+            settings = load_config(config, data_root=data_root).settings
+            sim_dir = state / "sim"
+            sim = _attach(SimBeamline, sim_dir)
+            if sim is None:
+                local = settings.path_map.translate("/detector-disk")
+                if local == "/detector-disk":
+                    local = str(settings.data_root / "detector-disk")
+                sim = SimBeamline.start(sim_dir, local_detector_root=local)
+                started = True
+            path_map = {sim.ioc_root: str(sim.local_detector_root)}
+            sim.configure_client()
+            devices = make_beamline(
+                mini_prefix=sim.mini_prefix, ad_prefix=sim.ad_prefix, ioc_root=sim.ioc_root
+            )
+            connect_all(devices)
+        rs = load_recorder_set(config, data_root=data_root, path_map=path_map)
+        RE = RunEngine(PersistentDict(str(state / "runengine-md")))
+        RE.subscribe(rs)
+        metadata = None
+        prefix = rs.settings.metadata_prefix if sim is None else sim.metadata_prefix
+        if prefix:
+            from .metadata.device import MetadataService, attach_metadata
 
-    def catalog() -> Any:
-        """Open the catalog the catalog recorder writes."""
-        from .catalog import open_catalog
+            metadata = MetadataService(prefix, name="metadata")
+            attach_metadata(RE, metadata, require_metadata=rs.settings.require_metadata)
 
-        rec = next((r for r in rs.recorders.values() if r.kind == "catalog"), None)
-        directory = getattr(rec, "directory", rs.settings.data_root / "catalog")
-        return open_catalog(directory, readable=rs.settings.path_map.local_roots)
+        def catalog() -> Any:
+            """Open the catalog the catalog recorder writes."""
+            from .catalog import open_catalog
 
-    session = Session(RE, rs, devices, sim, started, extras={"catalog": catalog})
-    atexit.register(session.close)
-    return session
+            rec = next((r for r in rs.recorders.values() if r.kind == "catalog"), None)
+            directory = getattr(rec, "directory", rs.settings.data_root / "catalog")
+            return open_catalog(directory, readable=rs.settings.path_map.local_roots)
+
+        session = Session(RE, rs, devices, sim, started, metadata, extras={"catalog": catalog})
+        atexit.register(session.close)
+        return session
+    except BaseException:
+        if started and sim is not None:  # do not leave IOCs behind a failed start-up
+            sim.stop()
+        raise
 
 
 def _attach(cls: Any, sim_dir: Path) -> Any:

@@ -36,3 +36,13 @@ def beamline(sim):
     )
     connect_all(devices, timeout=10)
     return devices
+
+
+@pytest.fixture(scope="session")
+def metadata_service(sim):
+    """A connected :class:`MetadataService` on the simulated beamline's metadata IOC."""
+    from bluesky_recorders.metadata.device import MetadataService
+
+    service = MetadataService(sim.metadata_prefix, name="metadata")
+    service.wait_for_connection(timeout=10)
+    return service

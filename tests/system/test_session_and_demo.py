@@ -46,8 +46,10 @@ def test_demo_records_three_runs_reads_them_back_and_stops_the_iocs(tmp_path):
 
 def test_session_runs_a_scan_records_it_and_stops_the_iocs_it_started(tmp_path):
     commands = (
+        f"!bsrec metadata set --state-dir {tmp_path / 'st'} sample.name=Si pi.name='Jane Doe'\n"
         "RE(scan([ph_det], ph_mtr, -1, 1, 3))\n"
         "print('ROWS', len(catalog()[-1].primary.read()['ph_det']))\n"
+        "print('SAMPLE', catalog()[-1].start['experiment']['sample']['name'])\n"
         "!bsrec runs\n"
     )
     proc = run(
@@ -60,6 +62,9 @@ def test_session_runs_a_scan_records_it_and_stops_the_iocs_it_started(tmp_path):
     assert "motors    : ph_mtr, edge_mtr, slit_mtr, dot_mtrx, dot_mtry" in out  # the banner
     assert "Scan #1 (scan) started" in out and ": success, 3 events" in out
     assert "ROWS 3" in out
+    assert "experiment: none set" in out  # the banner, before anything was set
+    assert "Run uid" in out and "PI Jane Doe, sample Si" in out  # the console's run line
+    assert "SAMPLE Si" in out  # the metadata service's snapshot is in the start document
     assert "catalog: " + str(tmp_path / "data" / "catalog" / "catalog.db") in out
     assert not (tmp_path / "st" / "sim" / "sim.json").exists()
 

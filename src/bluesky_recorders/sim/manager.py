@@ -1,8 +1,10 @@
 """Start, find and stop the simulated beamline's IOCs (subprocesses on 127.0.0.1).
 
-:meth:`SimBeamline.start` launches caproto's ``mini_beamline`` IOC and our emulated
-areaDetector HDF5 IOC (:mod:`bluesky_recorders.sim.ad_ioc`) on a free loopback port,
-waits until both answer over Channel Access, and writes ``<state_dir>/sim.json`` so that
+:meth:`SimBeamline.start` launches caproto's ``mini_beamline`` IOC, our emulated
+areaDetector HDF5 IOC (:mod:`bluesky_recorders.sim.ad_ioc`) and the metadata service IOC
+(:mod:`bluesky_recorders.metadata.ioc`, its values kept in
+``<state_dir>/metadata-state.json``), each on its own free loopback port, waits until they
+answer over Channel Access, and writes ``<state_dir>/sim.json`` so that
 another process (``bsrec sim status``/``stop``) can find them with
 :meth:`SimBeamline.load`. Nothing binds anything but 127.0.0.1.
 """
@@ -27,6 +29,7 @@ __all__ = ["HOST", "SimBeamline", "SimBeamlineRunningError", "SimBeamlineError",
 
 HOST = "127.0.0.1"
 STATE_FILE = "sim.json"
+METADATA_STATE_FILE = "metadata-state.json"
 _SRC_DIR = Path(__file__).resolve().parents[2]  # so children import this very package
 
 # Children started by this process, kept so that they are reaped (no zombies, no
@@ -135,7 +138,7 @@ def _tail(path: str | os.PathLike, lines: int = 20) -> str:
 
 
 class SimBeamline:
-    """The two IOCs of the simulated beamline, as recorded in ``<state_dir>/sim.json``.
+    """The simulated beamline's IOCs (mini, ad, metadata), as in ``<state_dir>/sim.json``.
 
     Use :meth:`start` (or :meth:`load` to reattach), then :attr:`env` for clients, and
     :meth:`stop`. As a context manager, it stops the IOCs on exit.
@@ -163,6 +166,16 @@ class SimBeamline:
     @property
     def ad_prefix(self) -> str:
         return self.state["ad_prefix"]
+
+    @property
+    def metadata_prefix(self) -> str:
+        """The metadata service IOC's prefix (default ``BL:MD:``)."""
+        return self.state["metadata_prefix"]
+
+    @property
+    def metadata_state_file(self) -> Path:
+        """Where the metadata IOC keeps its values (they survive restarts of the sim)."""
+        return Path(self.state["metadata_state_file"])
 
     @property
     def ioc_root(self) -> str:
@@ -230,9 +243,10 @@ class SimBeamline:
         *,
         mini_prefix: str = "mini:",
         ad_prefix: str = "SIMDET:",
+        metadata_prefix: str = "BL:MD:",
         timeout: float = 20.0,
     ) -> SimBeamline:
-        """Launch both IOCs on a free loopback port and wait until they answer.
+        """Launch the IOCs, each on a free loopback port, and wait until they answer.
 
         Raises :class:`SimBeamlineRunningError` if ``state_dir`` holds a running
         beamline, :class:`SimBeamlineError` (with the IOC's log tail) if an IOC fails.
@@ -250,16 +264,18 @@ class SimBeamline:
         local_root = Path(local_detector_root).expanduser().resolve()
         local_root.mkdir(parents=True, exist_ok=True)
         ports: list[int] = []
-        for _ in range(3):
+        for _ in range(4):
             ports.append(find_free_port(exclude=tuple(ports)))
         state: dict[str, Any] = {
             "version": 1,
             "host": HOST,
             "port": ports[0],
-            "ports": {"mini": ports[0], "ad": ports[1]},
+            "ports": {"mini": ports[0], "ad": ports[1], "metadata": ports[3]},
             "repeater_port": ports[2],
             "mini_prefix": mini_prefix,
             "ad_prefix": ad_prefix,
+            "metadata_prefix": metadata_prefix,
+            "metadata_state_file": str(state_dir / METADATA_STATE_FILE),
             "ioc_root": ioc_root,
             "local_detector_root": str(local_root),
             "started_at": datetime.datetime.now().astimezone().isoformat(),
@@ -285,6 +301,15 @@ class SimBeamline:
                 ioc_root,
                 "--local-root",
                 str(local_root),
+            ],
+            "metadata": [
+                sys.executable,
+                "-m",
+                "bluesky_recorders.metadata.ioc",
+                "--prefix",
+                metadata_prefix,
+                "--state-file",
+                str(state_dir / METADATA_STATE_FILE),
             ],
         }
         try:
@@ -330,6 +355,8 @@ class SimBeamline:
 
     def _wait_ready(self, timeout: float) -> None:
         pvs = [f"{self.mini_prefix}current", f"{self.ad_prefix}cam1:Acquire"]
+        if "metadata" in self.state["iocs"]:
+            pvs.append(f"{self.metadata_prefix}updated")
         fast = []  # motors quick enough for tests and demos: 2 units in 0.1 s
         for group in ("ph", "edge", "slit"):
             fast += [
@@ -389,7 +416,7 @@ class SimBeamline:
         return cls(state_dir, state)
 
     def status(self) -> dict[str, str]:
-        """``{"mini": "running"|"stale", "ad": ...}``: stale means the pid is dead."""
+        """``{"mini": "running"|"stale", "ad": ..., "metadata": ...}``: stale = pid dead."""
         return {
             name: "running" if _pid_alive(info["pid"], info.get("start_ticks")) else "stale"
             for name, info in self.state["iocs"].items()
