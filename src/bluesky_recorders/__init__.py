@@ -49,6 +49,7 @@ _LAZY = {
     "MetadataUnavailableError": "metadata",
     "MetadataValueError": "metadata",
     "ScheduleError": "metadata",
+    "ScheduleAPIError": "metadata.schedule",
 }
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "RunLog",
     "RunRecord",
     "RunWriter",
+    "ScheduleAPIError",
     "ScheduleError",
     "attach_metadata",
     "close_catalog",

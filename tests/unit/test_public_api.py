@@ -8,6 +8,9 @@ import bluesky_recorders
 
 MODULES = [
     "paths",
+    "metadata.model",
+    "metadata.device",
+    "metadata.schedule",
     "config",
     "errors",
     "external",
