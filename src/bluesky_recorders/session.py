@@ -227,6 +227,8 @@ def start_ipython(
         os.environ["BSREC_DATA_ROOT"] = os.environ[_ENV_OPTIONS["data_root"]]
     if config:
         os.environ["BSREC_CONFIG"] = os.environ[_ENV_OPTIONS["config"]]
+    if state_dir:  # `!bsrec metadata set ...` finds this session's simulated beamline
+        os.environ["BSREC_STATE_DIR"] = os.environ[_ENV_OPTIONS["state_dir"]]
     os.environ[_ENV_OPTIONS["start_sim"]] = "1" if start_sim else "0"
     profile = profile_dir()
     if profile is not None:

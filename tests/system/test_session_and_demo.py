@@ -46,7 +46,7 @@ def test_demo_records_three_runs_reads_them_back_and_stops_the_iocs(tmp_path):
 
 def test_session_runs_a_scan_records_it_and_stops_the_iocs_it_started(tmp_path):
     commands = (
-        f"!bsrec metadata set --state-dir {tmp_path / 'st'} sample.name=Si pi.name='Jane Doe'\n"
+        "!bsrec metadata set sample.name=Si pi.name='Jane Doe'\n"
         "RE(scan([ph_det], ph_mtr, -1, 1, 3))\n"
         "print('ROWS', len(catalog()[-1].primary.read()['ph_det']))\n"
         "print('SAMPLE', catalog()[-1].start['experiment']['sample']['name'])\n"
