@@ -11,9 +11,7 @@ Heavy recorders are imported on first use: ``import bluesky_recorders`` does
 not import tiled.
 """
 
-from importlib import import_module
-from typing import Any
-
+from ._lazy import lazy_exports
 from .config import RECORDER_KINDS, load_config, load_recorder_set
 from .errors import (
     BeamlineError,
@@ -90,13 +88,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    return getattr(import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

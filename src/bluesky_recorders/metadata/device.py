@@ -17,7 +17,6 @@ from __future__ import annotations
 import codecs
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from bluesky.utils import Msg, single_gen
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, Kind
 
+from ..epics import ca_env_summary, use_caproto
 from ..errors import BeamlineError
 from . import model
 
@@ -42,23 +42,10 @@ logger = logging.getLogger("bluesky_recorders.metadata")
 
 #: Name of the one-event stream that records the service's PVs in every run.
 METADATA_STREAM = "metadata"
-_CLIENT_ENV = ("EPICS_CA_ADDR_LIST", "EPICS_CA_AUTO_ADDR_LIST", "EPICS_CA_SERVER_PORT")
 
 
 class MetadataUnavailableError(BeamlineError):
     """The metadata service could not be read and the run requires it (run refused)."""
-
-
-def _ca_env() -> str:
-    return ", ".join(f"{k}={os.environ.get(k, '<unset>')}" for k in _CLIENT_ENV)
-
-
-def _use_caproto() -> None:
-    """Switch ophyd to its caproto control layer (lazily: importing ophyd is slow)."""
-    import ophyd
-
-    if getattr(ophyd.cl, "name", None) != "caproto":
-        ophyd.set_cl("caproto")
 
 
 def _wire_encoding() -> str:
@@ -151,7 +138,7 @@ class MetadataService(Device):
     )
 
     def __init__(self, prefix: str = "BL:MD:", *, name: str = "metadata", **kwargs):
-        _use_caproto()
+        use_caproto()
         super().__init__(prefix, name=name, **kwargs)
 
     # -- helpers ------------------------------------------------------------------------
@@ -169,7 +156,7 @@ class MetadataService(Device):
         pvs = ", ".join(f"{self.prefix}{s}" for s in suffixes)
         return BeamlineError(
             f"metadata service {self.prefix!r} not reachable within {timeout:g} s: {cause}; "
-            f"PV(s): {pvs} (client settings: {_ca_env()}). Is the metadata IOC running "
+            f"PV(s): {pvs} (client settings: {ca_env_summary()}). Is the metadata IOC running "
             "(`bsrec sim status` or `bsrec metadata-ioc`) and in the address list?"
         )
 

@@ -114,28 +114,22 @@ def to_snapshot(beamtime: Beamtime) -> dict[str, Any]:
     ``data_directory`` and ``updated`` are left empty: the caller names the directory
     and the metadata IOC stamps ``updated``.
     """
-    return {
-        "proposal_id": beamtime.proposal_id,
-        "title": beamtime.title,
-        "safety_form_id": beamtime.safety_form_id,
-        "pi": {
+    from .model import empty_snapshot
+
+    snapshot = empty_snapshot()
+    snapshot.update(
+        proposal_id=beamtime.proposal_id,
+        title=beamtime.title,
+        safety_form_id=beamtime.safety_form_id,
+        pi={
             "name": beamtime.pi.name,
             "last_name": beamtime.pi.last_name,
             "email": beamtime.pi.email,
         },
-        "users": [{"name": u.name, "email": u.email} for u in beamtime.users],
-        "sample": {"name": "", "description": "", "chemical_formula": "", "extra": {}},
-        "beamline_id": beamtime.beamline_id,
-        "instrument": {
-            "source": "",
-            "monochromator_energy": None,
-            "energy_units": "keV",
-            "description": "",
-            "extra": {},
-        },
-        "data_directory": "",
-        "updated": "",
-    }
+        users=[{"name": u.name, "email": u.email} for u in beamtime.users],
+        beamline_id=beamtime.beamline_id,
+    )
+    return snapshot
 
 
 def active(beamtimes: Iterable[Beamtime], now: datetime) -> Beamtime | None:

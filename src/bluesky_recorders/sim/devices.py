@@ -27,6 +27,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO, Kind
 from ophyd import FormattedComponent as FCpt
 
+from ..epics import ca_env_summary, use_caproto
 from ..errors import BeamlineError
 
 __all__ = [
@@ -41,9 +42,6 @@ __all__ = [
     "connect_all",
     "make_beamline",
 ]
-
-#: The EPICS variables a client needs to find the simulated IOCs.
-CLIENT_ENV_KEYS = ("EPICS_CA_ADDR_LIST", "EPICS_CA_AUTO_ADDR_LIST", "EPICS_CA_SERVER_PORT")
 
 
 class CAConnectionError(BeamlineError):
@@ -93,24 +91,11 @@ def configure_ca_env(
     return env
 
 
-def ca_env_summary() -> str:
-    """The client EPICS variables in use, for error messages."""
-    return ", ".join(f"{k}={os.environ.get(k, '<unset>')}" for k in CLIENT_ENV_KEYS)
-
-
-def _use_caproto() -> None:
-    """Switch ophyd to its caproto control layer (lazily: importing ophyd is slow)."""
-    import ophyd
-
-    if getattr(ophyd.cl, "name", None) != "caproto":
-        ophyd.set_cl("caproto")
-
-
 class _CaprotoDevice(Device):
     """A Device whose signals use ophyd's caproto control layer."""
 
     def __init__(self, *args, **kwargs):
-        _use_caproto()
+        use_caproto()
         super().__init__(*args, **kwargs)
 
 
@@ -415,7 +400,7 @@ def make_beamline(
     signal; ``ad_det`` (AD_HDF5 resource/datum) and ``ad_stream_det``
     (stream_resource/stream_datum), both on the same IOC: stage only one at a time.
     """
-    _use_caproto()
+    use_caproto()
     devices: dict[str, Any] = {}
     for group in ("ph", "edge", "slit"):
         prefix = f"{mini_prefix}{group}:"
