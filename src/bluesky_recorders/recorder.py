@@ -373,7 +373,8 @@ class Recorder:
 
 
 def _is_filled(flag: object) -> bool:
-    return bool(flag) and flag is not False
+    """``filled[key]`` is False while the event holds a datum id instead of the data."""
+    return bool(flag)
 
 
 def _uid(doc: Mapping[str, Any]) -> str:
