@@ -55,6 +55,7 @@ __all__ = [
 RECORDER_KINDS: dict[str, str] = {
     "console": "bluesky_recorders.console:ConsoleRecorder",
     "catalog": "bluesky_recorders.catalog:CatalogRecorder",
+    "nexus": "bluesky_recorders.nexus:NexusRecorder",
 }
 
 _SETTINGS_KEYS = {

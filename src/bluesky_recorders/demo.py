@@ -153,6 +153,32 @@ def _check(rs: Any, uids: list[str], sim: Any) -> list[str]:
             close = getattr(cat, "close", None)
             if callable(close):
                 close()
+    problems += _check_nexus(rs, uids)
+    return problems
+
+
+def _check_nexus(rs: Any, uids: list[str]) -> list[str]:
+    """Each run has a NeXus file whose default plot and detector link read back."""
+    import h5py
+
+    if not any(r.kind == "nexus" for r in rs.recorders.values()):
+        return []
+    problems = []
+    for uid in uids:
+        paths = rs.artifacts(uid).get("nexus", [])
+        if len(paths) != 1:
+            problems.append(f"run {uid}: expected one NeXus file, got {paths}")
+            continue
+        with h5py.File(paths[0], "r") as f:
+            if f["entry/exit_status"][()] != b"success" or "end_time" not in f["entry"]:
+                problems.append(f"{paths[0]}: not a finished run")
+            streams = f["entry/instrument/bluesky/streams/primary"]
+            if "ad_det_image" in streams:
+                images = streams["ad_det_image"]
+                if not images.is_virtual or images.shape[0] != 5 or images[:].sum() == 0:
+                    problems.append(f"{paths[0]}: the detector frames do not read back")
+                else:
+                    print(f"  NeXus file links the detector frames: shape {images.shape}")
     return problems
 
 
@@ -172,4 +198,10 @@ def _report(rs: Any, uids: list[str]) -> None:
             '"from bluesky_recorders.catalog import open_catalog; '
             f"cat = open_catalog('{catalog_rec.directory}'); print(cat[-1].primary.read())\""
         )
+    if any(r.kind == "nexus" for r in rs.recorders.values()):
+        print(
+            f"  {bindir / 'python'} -c \"import h5py; d = h5py.File('<file.nxs>')['entry/data']; "
+            "print(dict(d.attrs), {k: d[k][:] for k in d})\""
+        )
+        print("  or any NeXus viewer (silx view, NeXpy, PyMca): the default plot is entry/data")
     print(f"  detector files (HDF5, /entry/data/data): {rs.settings.path_map.local_roots}")

@@ -28,6 +28,7 @@ def test_demo_records_three_runs_reads_them_back_and_stops_the_iocs(tmp_path):
     assert "Scan #3 (count) started" in out
     assert out.count(": success,") == 3
     assert "catalog reads back the detector images: shape (5, 1, 48, 64)" in out
+    assert "NeXus file links the detector frames: shape (5, 48, 64)" in out
     assert "Where each recorder put its output:" in out and "How to open it:" in out
     assert "simulated beamline stopped" in out
     assert not (tmp_path / ".sim" / "sim.json").exists()  # IOCs stopped, state removed
@@ -42,6 +43,9 @@ def test_demo_records_three_runs_reads_them_back_and_stops_the_iocs(tmp_path):
         "scan",
     ]
     assert sum("catalog: " in line for line in lines) == 3
+    assert sum("nexus: " in line for line in lines) == 3
+    # NeXus files in the experiment's folder named by the metadata service (PI Lovelace)
+    assert len(list(tmp_path.glob("20[0-9][0-9]-[01][0-9]/lovelace/*.nxs"))) == 3
 
 
 def test_session_runs_a_scan_records_it_and_stops_the_iocs_it_started(tmp_path):

@@ -14,6 +14,8 @@ def make(kind, tmp_path):
     options = {"console": {"file": io.StringIO(), "force_terminal": False}}.get(kind, {})
     if kind == "catalog":
         options = {"directory": tmp_path / "catalog"}
+    if kind == "nexus":
+        options = {"data_root": tmp_path / "nexus"}
     return cls(**options)
 
 
@@ -34,5 +36,5 @@ def test_all_recorder_kinds_together_accept_both_streams(tmp_path, streams):
     starts = [d["uid"] for docs in streams.values() for n, d in docs if n == "start"]
     assert len(starts) == 63
     for recorder in rs.recorders.values():
-        if recorder.kind == "catalog":  # a file-writing recorder names something per run
+        if recorder.kind in ("catalog", "nexus"):  # a file-writing recorder names its files
             assert set(recorder.artifacts) == set(starts)

@@ -1,0 +1,324 @@
+"""The NeXus recorder: files read back by h5py, silx and nexusformat."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import event_model
+import h5py
+import numpy as np
+import pytest
+from silx.io import nxdata as silx_nxdata
+
+from bluesky_recorders import RecorderError
+from bluesky_recorders.nexus import NexusRecorder, column_block, column_spec, default_plot
+from bluesky_recorders.testing import (
+    ad_hdf5_run,
+    feed,
+    realruns,
+    scalar_run,
+    stream_resource_run,
+)
+
+
+def write_run(tmp_path, docs, **options):
+    options.setdefault("data_root", tmp_path / "data")
+    recorder = NexusRecorder(**options)
+    feed(recorder, docs)
+    recorder.close()
+    (path,) = recorder.artifacts[docs[0][1]["uid"]]
+    return path
+
+
+def tree(path):
+    """Every dataset's value (JSON metadata and times left out) keyed by its path."""
+    out = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and "metadata" not in name and "time" not in name:
+                if "entry_identifier" not in name:
+                    out[name] = (obj.shape, obj[()].tolist() if obj.shape else obj[()])
+
+        f.visititems(visit)
+    return out
+
+
+def nexusformat_errors(path):
+    from nexusformat.nexus.validate import validate_file
+
+    warnings, errors = validate_file(str(path))
+    return errors
+
+
+# -- pure functions ---------------------------------------------------------------
+
+
+def test_column_spec_and_block():
+    assert column_spec({"dtype": "number", "shape": []}).dtype == np.float64
+    assert column_spec({"dtype": "string", "shape": []}).is_text
+    assert column_spec({"dtype": "array", "shape": [3]}).shape == (3,)
+    assert column_spec({"dtype": "array", "shape": [25, 27, 0]}).is_text
+    assert column_spec({"dtype": "array", "shape": [2, 2], "external": "FILESTORE:"}) is None
+    block, bad = column_block([1.0, "x", None], column_spec({"dtype": "number", "shape": []}))
+    assert bad == 1 and block[0] == 1.0 and np.isnan(block[1]) and np.isnan(block[2])
+    block, bad = column_block(["a", 3], column_spec({"dtype": "string", "shape": []}))
+    assert block.tolist() == ["a", "3"] and bad == 0
+
+
+def test_default_plot_from_hints():
+    docs = scalar_run(3, detectors=("d1", "d2"))
+    start = docs[0][1]
+    primary = next(d for n, d in docs if n == "descriptor" and d["name"] == "primary")
+    assert default_plot(start, primary) == ("d1", ["motor"])
+    assert default_plot({}, {"data_keys": {}}) is None
+
+
+# -- files ------------------------------------------------------------------------
+
+
+def test_events_and_event_page_give_the_same_file(tmp_path):
+    a = tree(write_run(tmp_path / "a", scalar_run(7)))
+    b = tree(write_run(tmp_path / "b", scalar_run(7, pages=True)))
+    assert a == b
+    assert a["entry/instrument/bluesky/streams/primary/det"][0] == (7,)
+    assert a["entry/instrument/bluesky/streams/primary/seq_num"][1] == list(range(1, 8))
+
+
+def test_default_plot_is_valid_for_silx_and_nexusformat(tmp_path):
+    path = write_run(tmp_path, scalar_run(5, detectors=("d1", "d2")))
+    with h5py.File(path, "r") as f:
+        assert f.attrs["default"] == "entry" and f["entry"].attrs["default"] == "data"
+        plot = silx_nxdata.get_default(f)
+        assert plot is not None and plot.is_valid, plot and plot.issues
+        assert plot.signal.name.endswith("/d1")
+        assert plot.axes_dataset_names == ["motor"]
+        np.testing.assert_allclose(plot.axes[0][()], np.linspace(-1, 1, 5))
+        link = f["entry/data"].get("d1", getlink=True)
+        assert isinstance(link, h5py.SoftLink)
+        assert f["entry/data/d1"].attrs["target"] == link.path
+        assert f["entry/data/motor"].attrs["units"] == "mm"
+        positioner = f["entry/instrument/positioners/energy"]
+        assert positioner.attrs["NX_class"] == "NXpositioner"
+        assert positioner["value"][()] == 8.0 and positioner["value"].attrs["units"] == "keV"
+        start = json.loads(f["entry/instrument/bluesky/metadata/start"][()])
+        assert start["plan_name"] == "scan"
+        assert json.loads(f["entry/instrument/bluesky/metadata/stop"][()])["exit_status"]
+    from nexusformat.nexus import nxload
+
+    root = nxload(str(path))
+    assert root.plottable_data.nxsignal.nxname == "d1"
+    root.nxfile.close()
+    assert nexusformat_errors(path) == 0
+
+
+def test_times_and_exit_status_of_a_failed_run(tmp_path):
+    docs = scalar_run(3)
+    stop = dict(docs[-1][1], exit_status="fail", reason="motor stalled")
+    path = write_run(tmp_path, [*docs[:-1], ("stop", stop)])
+    with h5py.File(path, "r") as f:
+        entry = f["entry"]
+        assert entry["exit_status"][()] == b"fail"
+        assert entry["reason"][()] == b"motor stalled"
+        start = entry["start_time"][()].decode()
+        end = entry["end_time"][()].decode()
+        assert start[:4] == end[:4] and start <= end
+        assert entry["entry_identifier"][()].decode() == docs[0][1]["uid"]
+        assert entry["scan_id"][()] == 1 and entry["program_name"].attrs["version"]
+        assert list(entry).index("end_time") >= 0
+
+
+def test_create_only_names_the_existing_file(tmp_path):
+    docs = scalar_run(2)
+    path = write_run(tmp_path, docs)
+    recorder = NexusRecorder(data_root=tmp_path / "data")
+    with pytest.raises(RecorderError) as info:
+        recorder("start", docs[0][1])
+    assert os.path.basename(path) in str(info.value)
+    recorder.close()
+
+
+@pytest.mark.parametrize("swmr", [False, True])
+@pytest.mark.parametrize("make", [ad_hdf5_run, stream_resource_run])
+def test_detector_frames_are_linked_not_copied(tmp_path, make, swmr):
+    detector_dir = tmp_path / "data" / "detector"
+    docs = make(detector_dir)
+    path = write_run(tmp_path, docs, flush_interval=0, swmr=swmr)
+    (det_file,) = list(detector_dir.iterdir())
+    with h5py.File(det_file, "r") as src:
+        frames = src["/entry/data/data"][()]
+    reader = textwrap.dedent(
+        f"""
+        import h5py, numpy as np
+        with h5py.File({str(path)!r}, "r") as f:
+            ds = f["entry/instrument/bluesky/streams/primary/cam_image"]
+            assert ds.is_virtual
+            np.save("out.npy", ds[()])
+            print(ds.virtual_sources()[0].file_name)
+        """
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-c", reader], cwd=elsewhere, capture_output=True, text=True, check=True
+    )
+    assert not os.path.isabs(run.stdout.strip())  # under the same data root: relative
+    got = np.load(elsewhere / "out.npy")
+    per = 2 if make is ad_hdf5_run else 1
+    expected = frames.reshape(3, per, *frames.shape[1:]) if per > 1 else frames
+    np.testing.assert_array_equal(got, expected)
+    with h5py.File(path, "r") as f:
+        refs = f["entry/instrument/bluesky/external/primary/cam_image/frames"][()]
+        assert refs["frame_start"].tolist() == [0, per, 2 * per]
+        assert refs["path"][0].decode() == str(det_file)
+    assert nexusformat_errors(path) == 0
+
+
+def test_missing_detector_file_does_not_break_the_run(tmp_path, caplog):
+    docs = ad_hdf5_run(tmp_path / "det")
+    for f in (tmp_path / "det").iterdir():
+        f.unlink()
+    path = write_run(tmp_path, docs)
+    with h5py.File(path, "r") as f:
+        ds = f["entry/instrument/bluesky/streams/primary/cam_image"]
+        assert ds.shape == (3, 2, 8, 10)
+        assert os.path.isabs(ds.virtual_sources()[0].file_name)  # outside the data root
+        assert f["entry/exit_status"][()] == b"success"
+    assert any("cannot read detector file" in r.getMessage() for r in caplog.records)
+
+
+def test_experiment_metadata(tmp_path):
+    run = event_model.compose_run(
+        metadata={
+            "scan_id": 4,
+            "plan_name": "count",
+            "experiment": {
+                "proposal_id": "GUP-1",
+                "pi": {"name": "Ada Lovelace", "last_name": "Lovelace", "email": "ada@x.org"},
+                "users": [{"name": "Ada Lovelace"}, {"name": "Bob", "email": "bob@x.org"}],
+                "sample": {"name": "Si", "chemical_formula": "Si", "description": "wafer"},
+            },
+        }
+    )
+    path = write_run(tmp_path, [("start", run.start_doc), ("stop", run.compose_stop())])
+    assert os.path.basename(os.path.dirname(path)) == "lovelace"
+    with h5py.File(path, "r") as f:
+        sample = f["entry/sample"]
+        assert sample.attrs["NX_class"] == "NXsample"
+        assert [sample[k][()].decode() for k in ("name", "chemical_formula", "description")] == [
+            "Si",
+            "Si",
+            "wafer",
+        ]
+        assert f["entry/user_1/name"][()] == b"Ada Lovelace"
+        assert f["entry/user_1/email"][()] == b"ada@x.org"
+        assert f["entry/user_2/name"][()] == b"Bob" and "user_3" not in f["entry"]
+        assert f["entry/experiment_identifier"][()] == b"GUP-1"
+    assert nexusformat_errors(path) == 0
+
+
+@pytest.mark.parametrize("stream", ["usaxs.json.gz", "apstools.json.gz"])
+def test_real_runs_convert(tmp_path, stream):
+    recorder = NexusRecorder(data_root=tmp_path, flush_interval=10)
+    feed(recorder, realruns(stream))
+    recorder.close()
+    paths = [p for ps in recorder.artifacts.values() for p in ps]
+    assert len(paths) == {"usaxs.json.gz": 10, "apstools.json.gz": 53}[stream]
+    with_plot = 0
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            assert "entry" in f
+            if "data" in f["entry"]:
+                plot = silx_nxdata.get_default(f)
+                assert plot is not None and plot.is_valid, (path, plot and plot.issues)
+                with_plot += 1
+            else:  # no hinted detector field in a primary stream: documented absent
+                assert "default" not in f["entry"].attrs
+    assert with_plot > 0
+
+
+# -- live reading and crashes -----------------------------------------------------
+
+READER = textwrap.dedent(
+    """
+    import os, sys, h5py
+    kw = {"swmr": True} if sys.argv[2] == "swmr" else {}
+    with h5py.File(sys.argv[1], "r", **kw) as f:
+        print(f["entry/instrument/bluesky/streams/primary/det"].shape[0])
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["swmr", "nolock"])
+def test_a_reader_sees_the_points_flushed_so_far(tmp_path, mode):
+    docs = scalar_run(6)
+    recorder = NexusRecorder(data_root=tmp_path, flush_interval=0, swmr=mode == "swmr")
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE") if mode == "nolock" else None
+    seen = []
+    primary_events = 0
+    for name, doc in docs:
+        recorder(name, doc)
+        if name == "event" and doc["descriptor"] == docs[3][1]["uid"]:
+            primary_events += 1
+            if primary_events in (2, 5):
+                (path,) = recorder.artifacts[docs[0][1]["uid"]]
+                out = subprocess.run(
+                    [sys.executable, "-c", READER, path, mode],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=env,
+                )
+                seen.append(int(out.stdout))
+    recorder.close()
+    assert seen == [2, 5]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from bluesky_recorders.nexus import NexusRecorder
+    from bluesky_recorders.testing import scalar_run
+    docs = scalar_run(10)
+    recorder = NexusRecorder(
+        data_root=sys.argv[1], flush_interval=0, swmr=sys.argv[2] == "swmr"
+    )
+    events = 0
+    for name, doc in docs:
+        recorder(name, doc)
+        if name == "event" and doc["descriptor"] == docs[3][1]["uid"]:
+            events += 1
+            if events == 4:
+                print(recorder.artifacts[docs[0][1]["uid"]][0], flush=True)
+                time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["swmr", "default"])
+def test_a_killed_writer_leaves_the_flushed_points(tmp_path, mode):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path), mode], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        path = proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    assert path
+    # a SWMR file keeps its "open for write" flag after a crash: SWMR readers only
+    with h5py.File(path, "r", swmr=mode == "swmr") as f:
+        det = f["entry/instrument/bluesky/streams/primary/det"][()]
+        assert len(det) == 4 and "end_time" not in f["entry"]
+    if mode == "swmr":
+        return
+    from silx.io import open as silx_open
+
+    with silx_open(path) as f:
+        assert f["entry/instrument/bluesky/streams/primary/motor"].shape == (4,)
+        plot = silx_nxdata.get_default(f)
+        assert plot is not None and plot.is_valid
