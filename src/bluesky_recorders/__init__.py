@@ -39,6 +39,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ConsoleRecorder": "console",
     "CatalogRecorder": "catalog",
+    "NexusRecorder": "nexus",
     "open_catalog": "catalog",
     "close_catalog": "catalog",
     "setup_session": "session",
@@ -65,6 +66,7 @@ __all__ = [
     "MetadataService",
     "MetadataUnavailableError",
     "MetadataValueError",
+    "NexusRecorder",
     "PathExistsError",
     "PathMap",
     "PathPolicyError",

@@ -19,6 +19,7 @@ MODULES = [
     "runlog",
     "console",
     "catalog",
+    "nexus",
 ]
 
 
