@@ -5,8 +5,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# Debian packages the tests and the demo need (installed only when missing; root with apt).
-APT_PACKAGES :=
+# Debian packages the tests and the demo need (installed only when missing; root with apt):
+# h5ls and nxtraverse read our NeXus files in the tests; g++ builds PyMca5's fisx.
+APT_PACKAGES := hdf5-tools nexus-tools g++
 
 .PHONY: all install apt demo test lint bench clean
 
