@@ -5,20 +5,38 @@ Layout of ``<run directory>/<file_template>``::
     /                                   @default="entry"
     /entry                  NXentry     @default="data"
         title, start_time, end_time (written last), entry_identifier (uid),
-        scan_id, plan_name, program_name @version, exit_status [, reason]
-        data                NXdata      default plot: soft links into the stream
-                                        @signal, @axes, <axis>_indices
+        experiment_identifier (proposal), scan_id, plan_name, plan_args (JSON),
+        program_name @version, exit_status [, reason]
+        data                NXdata      default plot: soft links into the streams
+                                        @signal, @axes, <axis>_indices,
+                                        @auxiliary_signals; a 2-D grid scan is an
+                                        image (virtual datasets over the stream)
+        monitor             NXmonitor   data -> the hinted monitor's column
         sample              NXsample    from start["experiment"]["sample"]
         user_1 ...          NXuser      PI and users from start["experiment"]
         instrument          NXinstrument
-            positioners/<key>  NXpositioner   baseline stream, first reading
+            name                         beamline id
+            source          NXsource     from start["experiment"]["instrument"]
+            monochromator   NXmonochromator  energy
+            <detector>      NXdetector   links to the detector's columns; data
+            <positioner>    NXpositioner value (baseline start), end_value
+                                         (baseline end); scanned motors: value ->
+                                         the primary stream's column
+            positioners     NXcollection one dataset per positioner (links), as
+                                         PyMca and silx look for them
             bluesky         NXcollection
                 streams/<stream>/<key>    one dataset per data key (units, @source)
-                streams/<stream>/time, seq_num
+                streams/<stream>/time, seq_num, timestamps/<key>
                 streams/<stream>/<key>    virtual dataset of HDF5 detector frames
-                external/<stream>/<key>   NXnote: one row per piece of external data
-                                          (path, dataset, frames, events), compound
-                metadata    start, stop and descriptors/<stream> as JSON text
+                external/<stream>/<key>   NXnote: frames (one row per piece of
+                                          external data: path, dataset, frames,
+                                          events) and event_data (datum ids)
+                metadata    start, stop, descriptors/<stream> as JSON text,
+                            assets (resource/datum documents, JSON lines)
+
+Rows are kept in memory and written in blocks at every flush (at most
+``flush_interval`` seconds apart, and at stop), so a reader sees the run up to
+the last flush, and so does the file left by a killed process.
 
 Live reading: the file is opened with ``libver="latest"`` and switched to SWMR
 at the first flush after a descriptor, so ``h5py.File(path, "r", swmr=True)``
@@ -29,9 +47,9 @@ so a reader holding it never blocks the writer) for the change, then turn SWMR
 on again. A SWMR reader reading during that short window may fail and must
 reopen. See ``docs/explanations/decisions/0009-nexus.md``.
 
-Format logic is in pure functions (:func:`column_spec`, :func:`default_plot`,
-:func:`frame_mappings`, ...); :class:`NexusWriter` holds the open file and the
-run's state.
+Format logic is in pure functions (:mod:`bluesky_recorders.nexus_layout`);
+:class:`NexusWriter` holds the open file and the run's state;
+:mod:`bluesky_recorders.nexus_export` reads a file back into documents.
 """
 
 from __future__ import annotations
@@ -41,9 +59,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -53,6 +70,20 @@ import numpy as np
 
 from .errors import RecorderError
 from .external import ExternalFrames, PathMap
+from .nexus_layout import (
+    RESERVED_INSTRUMENT_NAMES,
+    ColumnSpec,
+    Plot,
+    baseline_positioners,
+    column_block,
+    column_spec,
+    default_plot,
+    frame_mappings,
+    iso_time,
+    monitor_key,
+    safe_key,
+    to_text,
+)
 from .paths import DirectoryPolicy
 from .recorder import Recorder, RunWriter
 
@@ -66,6 +97,9 @@ __all__ = [
     "frame_mappings",
     "iso_time",
     "safe_key",
+    "STREAMS",
+    "EXTERNAL",
+    "METADATA",
 ]
 
 log = logging.getLogger("bluesky_recorders.nexus")
@@ -73,6 +107,8 @@ log = logging.getLogger("bluesky_recorders.nexus")
 STREAMS = "/entry/instrument/bluesky/streams"
 EXTERNAL = "/entry/instrument/bluesky/external"
 METADATA = "/entry/instrument/bluesky/metadata"
+#: Version of this layout (root attribute ``bsrec_layout``), read by the exporter.
+LAYOUT_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
 _CHUNK = 1024
 _REFERENCE = np.dtype(
@@ -88,164 +124,6 @@ _REFERENCE = np.dtype(
 )
 
 
-# -- pure functions: documents in, layout out -----------------------------------
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """How one data key is stored: numpy dtype (``None``: JSON/UTF-8 text) and row shape."""
-
-    dtype: np.dtype[Any] | None
-    shape: tuple[int, ...] = ()
-
-    @property
-    def is_text(self) -> bool:
-        return self.dtype is None
-
-    @property
-    def fill(self) -> Any:
-        if self.dtype is None:
-            return ""
-        if self.dtype.kind == "f":
-            return math.nan
-        return 0
-
-
-def column_spec(data_key: Mapping[str, Any]) -> ColumnSpec | None:
-    """The dataset for a descriptor data key; ``None`` for external data (linked instead).
-
-    Numbers are float64, integers int64, booleans bool, strings UTF-8 text;
-    arrays of a known 1-D or 2-D shape are stored inline (``dtype_numpy`` when
-    the descriptor gives it, else float64); any other value is kept as JSON text.
-    """
-    if data_key.get("external"):
-        return None
-    dtype = data_key.get("dtype")
-    shape = tuple(data_key.get("shape") or ())
-    if dtype == "string":
-        return ColumnSpec(None)
-    if dtype == "number" and not shape:
-        return ColumnSpec(np.dtype("float64"))
-    if dtype == "integer" and not shape:
-        return ColumnSpec(np.dtype("int64"))
-    if dtype == "boolean" and not shape:
-        return ColumnSpec(np.dtype("bool"))
-    if (
-        dtype in ("array", "number", "integer")
-        and 1 <= len(shape) <= 2
-        and all(isinstance(n, int) and n > 0 for n in shape)
-    ):
-        numpy = data_key.get("dtype_numpy")
-        try:
-            np_dtype = np.dtype(numpy) if isinstance(numpy, str) and numpy else None
-        except TypeError:
-            np_dtype = None
-        if np_dtype is None or np_dtype.kind not in "biuf":
-            np_dtype = np.dtype("float64")
-        return ColumnSpec(np_dtype, shape)
-    return ColumnSpec(None)
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def column_block(values: Sequence[Any], spec: ColumnSpec) -> tuple[np.ndarray, int]:
-    """``values`` as one array for ``spec``, and how many could not be converted (filled)."""
-    n = len(values)
-    if spec.is_text:
-        return np.array([_text(v) for v in values], dtype=object), 0
-    assert spec.dtype is not None
-    try:
-        block = np.asarray(values, dtype=spec.dtype)
-        if block.shape == (n, *spec.shape):
-            return block, 0
-    except (TypeError, ValueError, OverflowError):
-        pass
-    block = np.full((n, *spec.shape), spec.fill, dtype=spec.dtype)
-    bad = 0
-    for i, value in enumerate(values):
-        try:
-            block[i] = np.asarray(value, dtype=spec.dtype).reshape(spec.shape)
-        except (TypeError, ValueError, OverflowError):
-            bad += 1
-    return block, bad
-
-
-def safe_key(name: str) -> str:
-    """A data key as an HDF5 link name (no ``/``, not ``.``)."""
-    out = name.replace("/", "_")
-    return out if out not in ("", ".", "..") else f"_{out}"
-
-
-def iso_time(t: float | None) -> str:
-    """POSIX time as ISO 8601 with the local offset."""
-    when = datetime.now() if t is None else datetime.fromtimestamp(t)
-    return when.astimezone().isoformat()
-
-
-def default_plot(
-    start: Mapping[str, Any], descriptor: Mapping[str, Any]
-) -> tuple[str, list[str]] | None:
-    """(signal, axes) of the default plot from the primary descriptor, or None.
-
-    Signal: the first hinted field of the first detector in ``start["detectors"]``,
-    else the first hinted field that is not an axis. Axes: the fields of the
-    first ``hints.dimensions`` entry for this stream (``time`` is the stream's
-    own time). Only keys stored inline and numeric can be the signal; the
-    plot is 1-D over the points (the first axis field is ``@axes``, the
-    others are alternative axes with ``_indices`` 0).
-    """
-    keys = descriptor.get("data_keys", {})
-    hints = descriptor.get("hints") or {}
-    stream = descriptor.get("name", "primary")
-
-    def numeric(key: str) -> bool:
-        spec = column_spec(keys.get(key, {})) if key in keys else None
-        return spec is not None and not spec.is_text
-
-    axes: list[str] = []
-    dims = (start.get("hints") or {}).get("dimensions") or []
-    for dim in dims:
-        if isinstance(dim, Sequence) and len(dim) == 2 and dim[1] == stream:
-            axes = [f for f in dim[0] if f == "time" or numeric(f)]
-            break
-    hinted: list[str] = []
-    for det in start.get("detectors") or []:
-        fields = (hints.get(det) or {}).get("fields") or [] if isinstance(hints, Mapping) else []
-        hinted.extend(f for f in fields if numeric(f) and f not in axes)
-    if not hinted and isinstance(hints, Mapping):
-        for obj in hints.values():
-            if isinstance(obj, Mapping):
-                hinted.extend(f for f in obj.get("fields") or [] if numeric(f) and f not in axes)
-    if not hinted:
-        return None
-    return hinted[0], axes
-
-
-def frame_mappings(
-    records: Sequence[ExternalFrames],
-) -> list[tuple[int, int, ExternalFrames, int, int]]:
-    """``(point_start, point_stop, record, frame_start, frame_stop)`` blocks for a VDS.
-
-    Points are ``seq_num - 1``. A record covering several events with one
-    frame each is one block; with several frames per point, one block per point.
-    """
-    out = []
-    for rec in records:
-        points = rec.seq_stop - rec.seq_start
-        if points <= 0:
-            continue
-        per = max(1, (rec.frame_stop - rec.frame_start) // points)
-        if per == 1:
-            out.append((rec.seq_start - 1, rec.seq_stop - 1, rec, rec.frame_start, rec.frame_stop))
-            continue
-        for i in range(points):
-            f0 = rec.frame_start + i * per
-            out.append((rec.seq_start - 1 + i, rec.seq_start + i, rec, f0, f0 + per))
-    return out
-
-
 def _program_version() -> str:
     try:
         return version("bluesky-recorders")
@@ -253,21 +131,88 @@ def _program_version() -> str:
         return "unknown"
 
 
+def _bluesky_version() -> str:
+    try:
+        return version("bluesky")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _set_text(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
-    return group.create_dataset(name, data=_text(value), dtype=_STR)
+    return group.create_dataset(name, data=to_text(value), dtype=_STR)
+
+
+def _nx_group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
+    group = parent.create_group(name)
+    group.attrs["NX_class"] = nx_class
+    return group
+
+
+def _growing(group: h5py.Group, name: str, spec: ColumnSpec) -> h5py.Dataset:
+    """A resizable, chunked dataset of rows of ``spec`` (float fill: NaN)."""
+    rows = max(1, _CHUNK // max(1, int(np.prod(spec.shape))))
+    kwargs: dict[str, Any] = {}
+    if spec.dtype is not None and spec.dtype.kind == "f":
+        kwargs["fillvalue"] = math.nan
+    return group.create_dataset(
+        name,
+        shape=(0, *spec.shape),
+        maxshape=(None, *spec.shape),
+        chunks=(rows, *spec.shape),
+        dtype=_STR if spec.is_text else spec.dtype,
+        **kwargs,
+    )
+
+
+def _append(ds: h5py.Dataset, block: np.ndarray, at: int) -> None:
+    """One resize and one slice assignment."""
+    n = len(block)
+    ds.resize(at + n, axis=0)
+    ds[at : at + n] = block
+
+
+def _describe(ds: h5py.Dataset, key: str, dk: Mapping[str, Any]) -> None:
+    if dk.get("units"):
+        ds.attrs["units"] = str(dk["units"])
+    if dk.get("source"):
+        ds.attrs["source"] = str(dk["source"])
+    if ds.name and ds.name.rsplit("/", 1)[-1] != key:
+        ds.attrs["data_key"] = key
+
+
+def _link(group: h5py.Group, name: str, source: h5py.Dataset) -> None:
+    """A soft link ``group/name`` -> ``source``, whose ``@target`` names itself."""
+    source.attrs["target"] = source.name
+    if name not in group:
+        group[name] = h5py.SoftLink(source.name)
 
 
 # -- the writer -------------------------------------------------------------------
 
+_FLOAT = ColumnSpec(np.dtype("float64"))
+_INT = ColumnSpec(np.dtype("int64"))
+_TEXT = ColumnSpec(None)
+
 
 @dataclass
 class _Stream:
+    """One descriptor's group and the rows not yet written."""
+
     name: str
+    uid: str
     group: str
     columns: dict[str, tuple[str, ColumnSpec]]
-    external: list[str]
+    external: dict[str, str]  # data key -> its NXnote (datum ids per event, frames)
     rows: int = 0
+    values: dict[str, list[Any]] = field(default_factory=dict)
+    stamps: dict[str, list[Any]] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    refs: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     frames: dict[str, list[ExternalFrames]] = field(default_factory=dict)
+
+    def all_keys(self) -> list[str]:
+        return [*self.columns, *self.external]
 
 
 class NexusWriter(RunWriter):
@@ -292,6 +237,11 @@ class NexusWriter(RunWriter):
         self._streams: dict[str, _Stream] = {}
         self._group_names: set[str] = set()
         self._vds_dirty: set[tuple[str, str]] = set()
+        self._assets: list[str] = []
+        self._assets_written = 0
+        self._plot: Plot | None = None
+        self._plot_stream: _Stream | None = None
+        self._positioners: dict[str, str] = {}  # data key -> NXpositioner path
         self._last_flush = time.monotonic()
         self._warned: set[str] = set()
         try:
@@ -308,10 +258,10 @@ class NexusWriter(RunWriter):
         f.attrs["file_name"] = os.path.basename(self.path)
         f.attrs["file_time"] = iso_time(None)
         f.attrs["creator"] = "bluesky_recorders.nexus"
+        f.attrs["bsrec_layout"] = LAYOUT_VERSION
         f.attrs["HDF5_Version"] = h5py.version.hdf5_version
         f.attrs["h5py_version"] = h5py.version.version
-        entry = f.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
+        entry = _nx_group(f, "entry", "NXentry")
         plan = start.get("plan_name", "")
         scan_id = start.get("scan_id")
         _set_text(entry, "title", start.get("title") or f"{plan} {scan_id if scan_id else ''}")
@@ -320,55 +270,25 @@ class NexusWriter(RunWriter):
         if isinstance(scan_id, int):
             entry.create_dataset("scan_id", data=scan_id)
         _set_text(entry, "plan_name", plan)
+        if "plan_args" in start:
+            _set_text(entry, "plan_args", start["plan_args"])
         prog = _set_text(entry, "program_name", "bluesky")
         prog.attrs["version"] = _bluesky_version()
         prog.attrs["configuration"] = f"bluesky_recorders {_program_version()}"
-        inst = entry.create_group("instrument")
-        inst.attrs["NX_class"] = "NXinstrument"
-        bs = inst.create_group("bluesky")
-        bs.attrs["NX_class"] = "NXcollection"
+        inst = _nx_group(entry, "instrument", "NXinstrument")
+        bs = _nx_group(inst, "bluesky", "NXcollection")
         for sub in ("streams", "external", "metadata"):
-            bs.create_group(sub).attrs["NX_class"] = "NXcollection"
-        _set_text(f[METADATA], "start", dict(start))
-        f[METADATA].create_group("descriptors").attrs["NX_class"] = "NXcollection"
+            _nx_group(bs, sub, "NXcollection")
+        meta = f[METADATA]
+        _set_text(meta, "start", dict(start))
+        _nx_group(meta, "descriptors", "NXcollection")
+        assets = meta.create_dataset(
+            "assets", shape=(0,), maxshape=(None,), chunks=(256,), dtype=_STR
+        )
+        assets.attrs["long_name"] = "resource and datum documents, one [name, doc] JSON per row"
         experiment = start.get("experiment")
         if isinstance(experiment, Mapping):
-            self._write_experiment(entry, experiment)
-
-    @staticmethod
-    def _write_experiment(entry: h5py.Group, experiment: Mapping[str, Any]) -> None:
-        sample = experiment.get("sample")
-        if isinstance(sample, Mapping) and any(sample.values()):
-            grp = entry.create_group("sample")
-            grp.attrs["NX_class"] = "NXsample"
-            for name, keys in (
-                ("name", ("name",)),
-                ("chemical_formula", ("chemical_formula", "formula")),
-                ("description", ("description",)),
-            ):
-                value = next((sample[k] for k in keys if sample.get(k)), None)
-                if value:
-                    _set_text(grp, name, value)
-        people: list[tuple[str, Mapping[str, Any]]] = []
-        pi = experiment.get("pi")
-        if isinstance(pi, Mapping) and pi.get("name"):
-            people.append(("principal investigator", pi))
-        for user in experiment.get("users") or []:
-            if isinstance(user, Mapping) and user.get("name"):
-                if pi and user.get("name") == pi.get("name"):
-                    continue
-                people.append(("user", user))
-        for i, (role, person) in enumerate(people, 1):
-            grp = entry.create_group(f"user_{i}")
-            grp.attrs["NX_class"] = "NXuser"
-            _set_text(grp, "name", person["name"])
-            _set_text(grp, "role", role)
-            for key in ("email", "affiliation"):
-                if person.get(key):
-                    _set_text(grp, key, person[key])
-        proposal = experiment.get("proposal_id") or (experiment.get("proposal") or {}).get("id")
-        if proposal:
-            _set_text(entry, "experiment_identifier", proposal)
+            _write_experiment(entry, experiment)
 
     @property
     def _f(self) -> h5py.File:
@@ -388,6 +308,7 @@ class NexusWriter(RunWriter):
         return self._f
 
     def descriptor(self, doc: Mapping[str, Any]) -> None:
+        self._write_pending()
         f = self._restructure()
         name = doc.get("name", "primary")
         gname = safe_key(name)
@@ -395,53 +316,55 @@ class NexusWriter(RunWriter):
         while gname in self._group_names:
             gname, n = f"{safe_key(name)}_{n}", n + 1
         self._group_names.add(gname)
-        group = f[STREAMS].create_group(gname)
-        group.attrs["NX_class"] = "NXcollection"
+        group = _nx_group(f[STREAMS], gname, "NXcollection")
         group.attrs["stream_name"] = name
         group.attrs["descriptor_uid"] = doc["uid"]
+        group.attrs["order"] = len(self._streams)
         _set_text(f[METADATA]["descriptors"], gname, dict(doc))
+        stamps = _nx_group(group, "timestamps", "NXcollection")
         columns: dict[str, tuple[str, ColumnSpec]] = {}
-        external: list[str] = []
-        used = {"time", "seq_num"}
+        external: dict[str, str] = {}
+        used = {"time", "seq_num", "timestamps"}
         for key, dk in doc.get("data_keys", {}).items():
             ds_name = safe_key(key)
             while ds_name in used:
                 ds_name += "_"
             used.add(ds_name)
+            ts = _growing(stamps, ds_name, _FLOAT)
+            ts.attrs["units"] = "s"
+            if ds_name != key:
+                ts.attrs["data_key"] = key
             spec = column_spec(dk)
             if spec is None:
-                external.append(key)
-                self._make_reference(gname, key, dk)
+                external[key] = self._make_reference(gname, key, dk)
                 continue
-            ds = group.create_dataset(
-                ds_name,
-                shape=(0, *spec.shape),
-                maxshape=(None, *spec.shape),
-                chunks=(max(1, _CHUNK // max(1, int(np.prod(spec.shape)))), *spec.shape),
-                dtype=_STR if spec.is_text else spec.dtype,
-            )
-            _describe(ds, key, dk)
+            _describe(_growing(group, ds_name, spec), key, dk)
             columns[key] = (ds_name, spec)
-        t = group.create_dataset(
-            "time", shape=(0,), maxshape=(None,), chunks=(_CHUNK,), dtype="float64"
-        )
+        t = _growing(group, "time", _FLOAT)
         t.attrs["units"] = "s"
         t.attrs["long_name"] = "time (POSIX seconds)"
-        group.create_dataset(
-            "seq_num", shape=(0,), maxshape=(None,), chunks=(_CHUNK,), dtype="int64"
-        )
-        stream = _Stream(name, f"{STREAMS}/{gname}", columns, external)
+        _growing(group, "seq_num", _INT)
+        stream = _Stream(name, doc["uid"], f"{STREAMS}/{gname}", columns, external)
+        for key in stream.all_keys():
+            stream.values[key] = []
+            stream.stamps[key] = []
         self._streams[doc["uid"]] = stream
-        if name == "primary" and "data" not in f["entry"]:
-            self._make_plot(doc, stream)
+        if name == "primary" and self._plot_stream is None:
+            self._plot_stream = stream
+            self._plot = default_plot(self.start_doc, doc)
+            if self._plot is None:
+                log.info("%s: no hinted detector field in the primary stream: no NXdata", self.path)
+            elif not self._plot.image:
+                self._make_plot(stream)
+            self._make_detectors(doc, stream)
+            self._make_monitor(doc, stream)
         self._flush()
 
-    def _make_reference(self, gname: str, key: str, dk: Mapping[str, Any]) -> None:
+    def _make_reference(self, gname: str, key: str, dk: Mapping[str, Any]) -> str:
         f = self._f
         grp = f[EXTERNAL].require_group(gname)
         grp.attrs["NX_class"] = "NXcollection"
-        note = grp.create_group(safe_key(key))
-        note.attrs["NX_class"] = "NXnote"
+        note = _nx_group(grp, safe_key(key), "NXnote")
         _set_text(note, "type", "application/json")
         _set_text(note, "description", f"external data of {key!r}: frames per event range")
         _set_text(note, "data_key", dict(dk))
@@ -449,50 +372,171 @@ class NexusWriter(RunWriter):
             "frames", shape=(0,), maxshape=(None,), chunks=(256,), dtype=_REFERENCE
         )
         ds.attrs["long_name"] = "events [seq_start, seq_stop) = frames [frame_start, frame_stop)"
+        values = _growing(note, "event_data", _TEXT)
+        values.attrs["long_name"] = "the events' own value of this key (datum id), per row"
+        return note.name
 
-    def _make_plot(self, doc: Mapping[str, Any], stream: _Stream) -> None:
-        plot = default_plot(self.start_doc, doc)
-        if plot is None:
-            log.info("%s: no hinted detector field in the primary stream: no NXdata", self.path)
-            return
-        signal, axes = plot
+    def _stream_dataset(self, stream: _Stream, key: str) -> h5py.Dataset | None:
+        if key == "time":
+            return self._f[f"{stream.group}/time"]
+        name = stream.columns[key][0] if key in stream.columns else safe_key(key)
+        return self._f[stream.group].get(name)
+
+    def _make_plot(self, stream: _Stream) -> None:
+        plot = self._plot
+        assert plot is not None
         f = self._f
-        data = f["entry"].create_group("data")
-        data.attrs["NX_class"] = "NXdata"
-        for key in [signal, *axes]:
-            ds_name = "time" if key == "time" else stream.columns[key][0]
-            source = f"{stream.group}/{ds_name}"
-            f[source].attrs["target"] = source
-            if key not in data:
-                data[key] = h5py.SoftLink(source)
-        data.attrs["signal"] = signal
-        data.attrs["axes"] = axes[:1] if axes else ["."]
-        for axis in axes:
-            data.attrs[f"{axis}_indices"] = 0
+        data = _nx_group(f["entry"], "data", "NXdata")
+        if plot.grid is not None:
+            self._make_grid(data, stream, plot)
+        else:
+            for key in [plot.signal, *plot.axes, *plot.auxiliary]:
+                source = self._stream_dataset(stream, key)
+                if source is not None:
+                    _link(data, key, source)
+            rank = len(data[plot.signal].shape)
+            axes = plot.axes[:1] if plot.axes else ["."]
+            data.attrs["axes"] = axes + ["."] * (rank - 1)
+            for axis in plot.axes:
+                data.attrs[f"{axis}_indices"] = 0
+        data.attrs["signal"] = plot.signal
+        if plot.auxiliary and plot.grid is None:
+            data.attrs["auxiliary_signals"] = plot.auxiliary
         f["entry"].attrs["default"] = "data"
+
+    def _make_grid(self, data: h5py.Group, stream: _Stream, plot: Plot) -> None:
+        """The signal as a (rows, columns) image with both motors' axes, filled in
+        at every flush (:meth:`_update_grid`). These are small copies of the stream's
+        scalar columns, not virtual datasets: nexusformat and punx take a virtual
+        dataset's first dimension to be its number of source mappings."""
+        assert plot.grid is not None
+        rows, cols = plot.grid
+        slow, fast = plot.axes
+        for key, shape in ((plot.signal, (rows, cols)), (slow, (rows,)), (fast, (cols,))):
+            column = self._stream_dataset(stream, key)
+            assert column is not None
+            ds = data.create_dataset(
+                key, shape=shape, dtype="float64", fillvalue=math.nan, chunks=True
+            )
+            for name in ("units", "source"):
+                if name in column.attrs:
+                    ds.attrs[name] = column.attrs[name]
+        data[plot.signal].attrs["long_name"] = f"{plot.signal} on the {rows} x {cols} grid"
+        data[slow].attrs["long_name"] = f"{slow} (first point of each row)"
+        data[fast].attrs["long_name"] = f"{fast} (first row)"
+        data.attrs["axes"] = [slow, fast]
+        data.attrs[f"{slow}_indices"] = 0
+        data.attrs[f"{fast}_indices"] = 1
+        data.attrs["points_from"] = stream.group
+
+    def _update_grid(self, stream: _Stream, before: int) -> None:
+        """Copy the points written since ``before`` into the grid image and its axes."""
+        plot = self._plot
+        if plot is None or plot.grid is None or stream is not self._plot_stream:
+            return
+        rows, cols = plot.grid
+        stop = min(stream.rows, rows * cols)
+        if stop <= before:
+            return
+        f = self._f
+        data = f["entry/data"]
+        slow, fast = plot.axes
+
+        def column(key: str) -> np.ndarray:
+            ds = self._stream_dataset(stream, key)
+            assert ds is not None
+            return np.asarray(ds[:stop], dtype="float64")
+
+        image = np.full(rows * cols, math.nan)
+        image[:stop] = column(plot.signal)
+        image = image.reshape(rows, cols)
+        if plot.snake:
+            image[1::2] = image[1::2, ::-1].copy()
+        data[plot.signal][...] = image
+        data[slow][...] = np.concatenate([column(slow), np.full(rows * cols - stop, math.nan)])[
+            ::cols
+        ]
+        if before < cols:
+            first = np.full(cols, math.nan)
+            values = column(fast)[:cols]
+            first[: len(values)] = values
+            data[fast][...] = first
+
+    def _instrument_name(self, key: str, suffix: str) -> str:
+        inst = self._f["entry/instrument"]
+        name = safe_key(key)
+        if name in RESERVED_INSTRUMENT_NAMES or name in inst:
+            name = f"{name}_{suffix}"
+        while name in inst:
+            name += "_"
+        return name
+
+    def _make_detectors(self, doc: Mapping[str, Any], stream: _Stream) -> None:
+        """An NXdetector per detector of ``start["detectors"]`` with links to its columns."""
+        object_keys = doc.get("object_keys") or {}
+        hints = doc.get("hints") or {}
+        inst = self._f["entry/instrument"]
+        for det in self.start_doc.get("detectors") or []:
+            keys = [k for k in object_keys.get(det) or [] if k in stream.columns]
+            if not isinstance(det, str) or not (keys or object_keys.get(det)):
+                continue
+            group = _nx_group(inst, self._instrument_name(det, "detector"), "NXdetector")
+            _set_text(group, "description", det)
+            for key in keys:
+                _link(group, safe_key(key), self._f[f"{stream.group}/{stream.columns[key][0]}"])
+            hinted = [k for k in (hints.get(det) or {}).get("fields") or [] if k in keys]
+            main = hinted[0] if hinted else (keys[0] if keys else None)
+            if main is not None and "data" not in group:
+                group["data"] = h5py.SoftLink(f"{stream.group}/{stream.columns[main][0]}")
+
+    def _detector_for(self, doc: Mapping[str, Any], key: str) -> h5py.Group | None:
+        for det, keys in (doc.get("object_keys") or {}).items():
+            if key in (keys or []):
+                for group in self._f["entry/instrument"].values():
+                    if (
+                        isinstance(group, h5py.Group)
+                        and group.attrs.get("NX_class") == "NXdetector"
+                        and "description" in group
+                        and group["description"][()].decode() == det
+                    ):
+                        return group
+        return None
+
+    def _make_monitor(self, doc: Mapping[str, Any], stream: _Stream) -> None:
+        key = monitor_key(self.start_doc, doc)
+        if key is None or key not in stream.columns:
+            return
+        entry = self._f["entry"]
+        if "monitor" in entry:
+            return
+        monitor = _nx_group(entry, "monitor", "NXmonitor")
+        _link(monitor, "data", self._f[f"{stream.group}/{stream.columns[key][0]}"])
+        _set_text(monitor, "description", key)
+        for name in ("preset", "count_time"):
+            value = self.start_doc.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                monitor.create_dataset(name, data=float(value))
 
     # data ----------------------------------------------------------------
     def event_page(self, doc: Mapping[str, Any]) -> None:
         stream = self._streams[doc["descriptor"]]
-        n = len(doc["seq_num"])
+        seqs = doc["seq_num"]
+        n = len(seqs)
         if n == 0:
             return
-        f = self._f
-        group = f[stream.group]
         data = doc.get("data", {})
-        for key, (ds_name, spec) in stream.columns.items():
+        stamps = doc.get("timestamps", {})
+        for key, out in stream.values.items():
             values = data.get(key)
             if values is None or len(values) != n:
-                values = [None] * n if values is None else list(values)[:n]
-                values += [None] * (n - len(values))
-            block, bad = column_block(values, spec)
-            if bad:
-                self._warn_once(f"fill:{key}", "%d value(s) of %r stored as fill", bad, key)
-            _append(group[ds_name], block, stream.rows)
-        _append(group["time"], np.asarray(doc["time"], dtype="float64"), stream.rows)
-        _append(group["seq_num"], np.asarray(doc["seq_num"], dtype="int64"), stream.rows)
-        stream.rows += n
-        self._maybe_flush()
+                values = _padded(values, n)
+            out.extend(values)
+            ts = stamps.get(key)
+            stream.stamps[key].extend(ts if ts is not None and len(ts) == n else _padded(ts, n))
+        stream.times.extend(doc["time"])
+        stream.seqs.extend(seqs)
+        if time.monotonic() - self._last_flush >= self.recorder.flush_interval:
+            self._flush()
 
     def external(self, frames: ExternalFrames) -> None:
         stream = self._streams.get(frames.descriptor)
@@ -503,32 +547,91 @@ class NexusWriter(RunWriter):
                 frames.descriptor,
             )
             return
-        gname = stream.group.rsplit("/", 1)[1]
         key = frames.data_key
-        note = f"{EXTERNAL}/{gname}/{safe_key(key)}"
-        if note not in self._f:
+        if key not in stream.external:
+            self._write_pending()
             self._restructure()
-            self._make_reference(gname, key, {})
-        row = np.array(
-            [
-                (
-                    frames.seq_start,
-                    frames.seq_stop,
-                    frames.frame_start,
-                    frames.frame_stop,
-                    frames.path,
-                    frames.dataset or "",
-                    frames.source_path,
-                )
-            ],
-            dtype=_REFERENCE,
+            stream.external[key] = self._make_reference(stream.group.rsplit("/", 1)[1], key, {})
+        stream.refs.setdefault(key, []).append(
+            (
+                frames.seq_start,
+                frames.seq_stop,
+                frames.frame_start,
+                frames.frame_stop,
+                frames.path,
+                frames.dataset or "",
+                frames.source_path,
+            )
         )
-        ds = self._f[note]["frames"]
-        _append(ds, row, ds.shape[0])
         if frames.is_hdf5 and frames.dataset:
             stream.frames.setdefault(key, []).append(frames)
             self._vds_dirty.add((frames.descriptor, key))
-        self._maybe_flush()
+
+    # the run's asset documents, kept so that the run can be rebuilt from the file
+    def resource(self, doc: Mapping[str, Any]) -> None:
+        self._assets.append(json.dumps(["resource", doc], default=str))
+
+    def datum(self, doc: Mapping[str, Any]) -> None:
+        self._assets.append(json.dumps(["datum", doc], default=str))
+
+    def datum_page(self, doc: Mapping[str, Any]) -> None:
+        self._assets.append(json.dumps(["datum_page", doc], default=str))
+
+    def stream_resource(self, doc: Mapping[str, Any]) -> None:
+        self._assets.append(json.dumps(["stream_resource", doc], default=str))
+
+    def stream_datum(self, doc: Mapping[str, Any]) -> None:
+        self._assets.append(json.dumps(["stream_datum", doc], default=str))
+
+    def _write_pending(self) -> None:
+        """Write every buffered row, reference and asset document (one block per dataset)."""
+        f = self._f
+        baseline_new = False
+        for stream in self._streams.values():
+            n = len(stream.seqs)
+            if n:
+                group = f[stream.group]
+                at = stream.rows
+                for key, (ds_name, spec) in stream.columns.items():
+                    block, bad = column_block(stream.values[key], spec)
+                    if bad:
+                        self._warn_once(f"fill:{key}", "%d value(s) of %r stored as fill", bad, key)
+                    _append(group[ds_name], block, at)
+                for key, note in stream.external.items():
+                    values = stream.values.get(key)
+                    if values is None:
+                        values = stream.values[key] = [None] * n
+                        stream.stamps[key] = [None] * n
+                    texts = ["" if v is None else to_text(v) for v in values]
+                    _append(f[note]["event_data"], np.array(texts, dtype=object), at)
+                stamps = group["timestamps"]
+                for key in stream.all_keys():
+                    name = stream.columns[key][0] if key in stream.columns else safe_key(key)
+                    if name in stamps:
+                        block, _ = column_block(stream.stamps[key], _FLOAT)
+                        _append(stamps[name], block, at)
+                _append(group["time"], np.asarray(stream.times, dtype="float64"), at)
+                _append(group["seq_num"], np.asarray(stream.seqs, dtype="int64"), at)
+                baseline_new = baseline_new or (stream.name == "baseline" and at == 0)
+                stream.rows += n
+                self._update_grid(stream, at)
+                for key in stream.values:
+                    stream.values[key] = []
+                    stream.stamps[key] = []
+                stream.times = []
+                stream.seqs = []
+            for key, rows in stream.refs.items():
+                if rows:
+                    ds = f[stream.external[key]]["frames"]
+                    _append(ds, np.array(rows, dtype=_REFERENCE), ds.shape[0])
+                    stream.refs[key] = []
+        if self._assets:
+            ds = f[METADATA]["assets"]
+            _append(ds, np.array(self._assets, dtype=object), self._assets_written)
+            self._assets_written += len(self._assets)
+            self._assets = []
+        if baseline_new:
+            self._write_positioners()
 
     def _build_vds(self, descriptor: str, key: str) -> None:
         stream = self._streams[descriptor]
@@ -571,6 +674,28 @@ class NexusWriter(RunWriter):
         ds = group.create_virtual_dataset(name, layout, fillvalue=fill)
         _describe(ds, key, dk)
         ds.attrs["frames_per_point"] = per
+        ds.attrs["target"] = ds.name
+        self._link_frames(stream, key, ds)
+
+    def _link_frames(self, stream: _Stream, key: str, ds: h5py.Dataset) -> None:
+        """Soft links to a (re)built frames dataset: the detector's data, the plot.
+
+        A rebuild keeps the dataset's path, so existing links stay valid."""
+        if stream is not self._plot_stream:
+            return
+        det = self._detector_for(self.descriptors.get(stream.uid, {}), key)
+        if det is not None:
+            if safe_key(key) not in det:
+                det[safe_key(key)] = h5py.SoftLink(ds.name)
+            # a detector's frames, when it has any, are its NXdetector/data
+            if "data" in det and not det["data"].is_virtual:
+                del det["data"]
+            if "data" not in det:
+                det["data"] = h5py.SoftLink(ds.name)
+        plot = self._plot
+        if plot is not None and plot.image and plot.signal == key:
+            if "data" not in self._f["entry"]:
+                self._make_plot(stream)
 
     def _source_layout(
         self, rec: ExternalFrames, dk: Mapping[str, Any]
@@ -612,12 +737,68 @@ class NexusWriter(RunWriter):
             return os.path.relpath(real, os.path.realpath(nexus_dir))
         return real
 
-    # flushing and the end -------------------------------------------------
-    def _maybe_flush(self) -> None:
-        if time.monotonic() - self._last_flush >= self.recorder.flush_interval:
-            self._flush()
+    # positioners -----------------------------------------------------------
+    def _write_positioners(self) -> None:
+        """NXpositioners from the baseline's first reading (and the scanned motors)."""
+        f = self._restructure()
+        inst = f["entry/instrument"]
+        listing = inst.require_group("positioners")
+        listing.attrs["NX_class"] = "NXcollection"
+        for stream in self._streams.values():
+            if stream.name != "baseline" or stream.rows == 0:
+                continue
+            dks = self.descriptors.get(stream.uid, {}).get("data_keys", {})
+            for key in baseline_positioners(self.descriptors.get(stream.uid, {})):
+                if key in self._positioners or key not in stream.columns:
+                    continue
+                column = f[f"{stream.group}/{stream.columns[key][0]}"]
+                pos = _nx_group(inst, self._instrument_name(key, "positioner"), "NXpositioner")
+                _set_text(pos, "name", key)
+                value = pos.create_dataset("value", data=column[0])
+                if dks.get(key, {}).get("units"):
+                    value.attrs["units"] = str(dks[key]["units"])
+                _link(listing, safe_key(key), value)
+                self._positioners[key] = pos.name
+            break
 
+    def _write_scanned_positioners(self) -> None:
+        """The plot's axes (the scanned motors) as NXpositioners over their columns."""
+        stream, plot = self._plot_stream, self._plot
+        if stream is None or plot is None:
+            return
+        f = self._f
+        inst = f["entry/instrument"]
+        for key in plot.axes:
+            if key == "time" or key in self._positioners or key not in stream.columns:
+                continue
+            column = f[f"{stream.group}/{stream.columns[key][0]}"]
+            listing = inst.require_group("positioners")
+            listing.attrs["NX_class"] = "NXcollection"
+            pos = _nx_group(inst, self._instrument_name(key, "positioner"), "NXpositioner")
+            _set_text(pos, "name", key)
+            _link(pos, "value", column)
+            if safe_key(key) not in listing:
+                listing[safe_key(key)] = h5py.SoftLink(column.name)
+            self._positioners[key] = pos.name
+
+    def _write_end_positions(self) -> None:
+        f = self._f
+        for stream in self._streams.values():
+            if stream.name != "baseline" or stream.rows < 2:
+                continue
+            for key, path in self._positioners.items():
+                pos = f[path]
+                if key in stream.columns and "end_value" not in pos:
+                    end = pos.create_dataset(
+                        "end_value", data=f[f"{stream.group}/{stream.columns[key][0]}"][-1]
+                    )
+                    if "units" in pos["value"].attrs:
+                        end.attrs["units"] = pos["value"].attrs["units"]
+            break
+
+    # flushing and the end -------------------------------------------------
     def _flush(self) -> None:
+        self._write_pending()
         for descriptor, key in sorted(self._vds_dirty):
             self._build_vds(descriptor, key)
         self._vds_dirty.clear()
@@ -629,12 +810,14 @@ class NexusWriter(RunWriter):
         self._last_flush = time.monotonic()
 
     def stop(self, doc: Mapping[str, Any]) -> None:
+        self._write_pending()
         for descriptor, key in sorted(self._vds_dirty):
             self._build_vds(descriptor, key)
         self._vds_dirty.clear()
         f = self._restructure()
         entry = f["entry"]
-        self._write_positioners(entry)
+        self._write_scanned_positioners()
+        self._write_end_positions()
         status = doc.get("exit_status", "")
         _set_text(entry, "exit_status", status)
         if status != "success":
@@ -643,33 +826,6 @@ class NexusWriter(RunWriter):
         f.flush()
         _set_text(entry, "end_time", iso_time(doc.get("time")))  # last: "the run is over"
         f.flush()
-
-    def _write_positioners(self, entry: h5py.Group) -> None:
-        """Each numeric scalar of the baseline stream's first reading as an NXpositioner."""
-        for stream in self._streams.values():
-            if stream.name != "baseline" or stream.rows == 0:
-                continue
-            dks = self.descriptors.get(self._uid_of(stream), {}).get("data_keys", {})
-            group = self._f[stream.group]
-            for key, (ds_name, spec) in stream.columns.items():
-                if spec.is_text or spec.shape:
-                    continue
-                inst = entry["instrument"]
-                positioners = inst.require_group("positioners")
-                positioners.attrs["NX_class"] = "NXcollection"
-                if ds_name in positioners:
-                    continue
-                pos = positioners.create_group(ds_name)
-                pos.attrs["NX_class"] = "NXpositioner"
-                _set_text(pos, "name", key)
-                value = pos.create_dataset("value", data=group[ds_name][0])
-                units = dks.get(key, {}).get("units")
-                if units:
-                    value.attrs["units"] = units
-            break
-
-    def _uid_of(self, stream: _Stream) -> str:
-        return next(uid for uid, s in self._streams.items() if s is stream)
 
     def close(self) -> None:
         if self.file is not None:
@@ -684,27 +840,65 @@ class NexusWriter(RunWriter):
             log.warning("%s: " + msg, self.path, *args)
 
 
-def _describe(ds: h5py.Dataset, key: str, dk: Mapping[str, Any]) -> None:
-    if dk.get("units"):
-        ds.attrs["units"] = str(dk["units"])
-    if dk.get("source"):
-        ds.attrs["source"] = str(dk["source"])
-    if ds.name and ds.name.rsplit("/", 1)[-1] != key:
-        ds.attrs["data_key"] = key
+def _padded(values: Any, n: int) -> list[Any]:
+    """``values`` cut or padded with None to ``n`` items (None: all missing)."""
+    if values is None:
+        return [None] * n
+    out = list(values)[:n]
+    return out + [None] * (n - len(out))
 
 
-def _append(ds: h5py.Dataset, block: np.ndarray, at: int) -> None:
-    """One resize and one slice assignment."""
-    n = len(block)
-    ds.resize(at + n, axis=0)
-    ds[at : at + n] = block
-
-
-def _bluesky_version() -> str:
-    try:
-        return version("bluesky")
-    except PackageNotFoundError:
-        return "unknown"
+def _write_experiment(entry: h5py.Group, experiment: Mapping[str, Any]) -> None:
+    """NXsample, NXuser, the proposal, and the instrument's source and monochromator."""
+    sample = experiment.get("sample")
+    if isinstance(sample, Mapping) and any(v for k, v in sample.items() if k != "extra"):
+        grp = _nx_group(entry, "sample", "NXsample")
+        for name, keys in (
+            ("name", ("name",)),
+            ("chemical_formula", ("chemical_formula", "formula")),
+            ("description", ("description",)),
+        ):
+            value = next((sample[k] for k in keys if sample.get(k)), None)
+            if value:
+                _set_text(grp, name, value)
+    people: list[tuple[str, Mapping[str, Any]]] = []
+    pi = experiment.get("pi")
+    if isinstance(pi, Mapping) and pi.get("name"):
+        people.append(("principal investigator", pi))
+    for user in experiment.get("users") or []:
+        if isinstance(user, Mapping) and user.get("name"):
+            if isinstance(pi, Mapping) and user.get("name") == pi.get("name"):
+                continue
+            people.append(("user", user))
+    for i, (role, person) in enumerate(people, 1):
+        grp = _nx_group(entry, f"user_{i}", "NXuser")
+        _set_text(grp, "name", person["name"])
+        _set_text(grp, "role", role)
+        for key in ("email", "affiliation"):
+            if person.get(key):
+                _set_text(grp, key, person[key])
+    proposal = experiment.get("proposal_id") or (experiment.get("proposal") or {}).get("id")
+    if proposal:
+        _set_text(entry, "experiment_identifier", proposal)
+    inst = entry["instrument"]
+    if experiment.get("beamline_id"):
+        _set_text(inst, "name", experiment["beamline_id"])
+    described = experiment.get("instrument")
+    if not isinstance(described, Mapping):
+        return
+    if described.get("source"):
+        source = _nx_group(inst, "source", "NXsource")
+        _set_text(source, "name", described["source"])
+        _set_text(source, "type", "Synchrotron X-ray Source")
+        _set_text(source, "probe", "x-ray")
+    energy = described.get("monochromator_energy")
+    if isinstance(energy, (int, float)) and not isinstance(energy, bool) and math.isfinite(energy):
+        mono = _nx_group(inst, "monochromator", "NXmonochromator")
+        ds = mono.create_dataset("energy", data=float(energy))
+        ds.attrs["units"] = str(described.get("energy_units") or "keV")
+    if described.get("description"):
+        note = _nx_group(inst, "description", "NXnote")
+        _set_text(note, "description", described["description"])
 
 
 class NexusRecorder(Recorder):

@@ -195,6 +195,7 @@ def ad_hdf5_run(
             "cam_total": {"source": "SIM:cam:total", "dtype": "number", "shape": []},
         },
         name="primary",
+        object_keys={"cam": ["cam_image", "cam_total"]},
     )
     docs.append(("descriptor", dict(desc.descriptor_doc)))
     datums = [res.compose_datum(datum_kwargs={"point_number": i}) for i in range(num)]

@@ -73,7 +73,8 @@ def test_default_plot_from_hints():
     docs = scalar_run(3, detectors=("d1", "d2"))
     start = docs[0][1]
     primary = next(d for n, d in docs if n == "descriptor" and d["name"] == "primary")
-    assert default_plot(start, primary) == ("d1", ["motor"])
+    plot = default_plot(start, primary)
+    assert (plot.signal, plot.axes, plot.auxiliary, plot.grid) == ("d1", ["motor"], ["d2"], None)
     assert default_plot({}, {"data_keys": {}}) is None
 
 
@@ -101,9 +102,18 @@ def test_default_plot_is_valid_for_silx_and_nexusformat(tmp_path):
         assert isinstance(link, h5py.SoftLink)
         assert f["entry/data/d1"].attrs["target"] == link.path
         assert f["entry/data/motor"].attrs["units"] == "mm"
-        positioner = f["entry/instrument/positioners/energy"]
+        positioner = f["entry/instrument/energy"]
         assert positioner.attrs["NX_class"] == "NXpositioner"
         assert positioner["value"][()] == 8.0 and positioner["value"].attrs["units"] == "keV"
+        assert positioner["end_value"][()] == 8.0
+        # PyMca and silx read plain datasets in instrument/positioners
+        assert f["entry/instrument/positioners/energy"][()] == 8.0
+        assert f["entry/instrument/positioners/motor"].shape == (5,)
+        assert f["entry/instrument/motor"].attrs["NX_class"] == "NXpositioner"
+        assert f["entry/data"].attrs["auxiliary_signals"].tolist() == ["d2"]
+        det = f["entry/instrument/d1"]
+        assert det.attrs["NX_class"] == "NXdetector"
+        np.testing.assert_array_equal(det["data"][()], f["entry/data/d1"][()])
         start = json.loads(f["entry/instrument/bluesky/metadata/start"][()])
         assert start["plan_name"] == "scan"
         assert json.loads(f["entry/instrument/bluesky/metadata/stop"][()])["exit_status"]
@@ -200,6 +210,12 @@ def test_experiment_metadata(tmp_path):
                 "pi": {"name": "Ada Lovelace", "last_name": "Lovelace", "email": "ada@x.org"},
                 "users": [{"name": "Ada Lovelace"}, {"name": "Bob", "email": "bob@x.org"}],
                 "sample": {"name": "Si", "chemical_formula": "Si", "description": "wafer"},
+                "beamline_id": "BL-9",
+                "instrument": {
+                    "source": "bending magnet",
+                    "monochromator_energy": 8.05,
+                    "energy_units": "keV",
+                },
             },
         }
     )
@@ -217,6 +233,12 @@ def test_experiment_metadata(tmp_path):
         assert f["entry/user_1/email"][()] == b"ada@x.org"
         assert f["entry/user_2/name"][()] == b"Bob" and "user_3" not in f["entry"]
         assert f["entry/experiment_identifier"][()] == b"GUP-1"
+        inst = f["entry/instrument"]
+        assert inst["name"][()] == b"BL-9"
+        assert inst["source"].attrs["NX_class"] == "NXsource"
+        assert inst["source/name"][()] == b"bending magnet"
+        assert inst["monochromator/energy"][()] == 8.05
+        assert inst["monochromator/energy"].attrs["units"] == "keV"
     assert nexusformat_errors(path) == 0
 
 
@@ -322,3 +344,192 @@ def test_a_killed_writer_leaves_the_flushed_points(tmp_path, mode):
         assert f["entry/instrument/bluesky/streams/primary/motor"].shape == (4,)
         plot = silx_nxdata.get_default(f)
         assert plot is not None and plot.is_valid
+
+
+# -- layout: grids, images, monitors, instrument ------------------------------------
+
+
+def run_plan(tmp_path, plan, **options):
+    """Run ``plan`` in a real RunEngine with the NeXus recorder subscribed."""
+    from bluesky import RunEngine
+
+    options.setdefault("data_root", tmp_path / "data")
+    recorder = NexusRecorder(**options)
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(recorder)
+    result = RE(plan)
+    recorder.close()
+    (path,) = recorder.artifacts[result.run_start_uids[0]]
+    return path
+
+
+@pytest.mark.parametrize("snake", [False, True])
+def test_a_grid_scan_is_an_image_with_both_motor_axes(tmp_path, snake):
+    from bluesky.plans import grid_scan
+    from ophyd.sim import det4, motor1, motor2
+
+    plan = grid_scan([det4], motor1, -1, 1, 3, motor2, -2, 2, 4, snake_axes=snake)
+    path = run_plan(tmp_path, plan)
+    with h5py.File(path, "r") as f:
+        data = f["entry/data"]
+        assert data.attrs["signal"] == "det4"
+        assert data.attrs["axes"].tolist() == ["motor1", "motor2"]
+        assert (data.attrs["motor1_indices"], data.attrs["motor2_indices"]) == (0, 1)
+        image = data["det4"][()]
+        assert image.shape == (3, 4)
+        np.testing.assert_allclose(data["motor1"][()], [-1, 0, 1])
+        np.testing.assert_allclose(data["motor2"][()], [-2, -2 / 3, 2 / 3, 2])
+        # the image is the stream's column, row by row, odd rows reversed when snaking
+        stream = f["entry/instrument/bluesky/streams/primary"]
+        flat = stream["det4"][()].reshape(3, 4)
+        m2 = stream["motor2"][()].reshape(3, 4)
+        if snake:
+            flat[1] = flat[1, ::-1]
+            m2[1] = m2[1, ::-1]
+        np.testing.assert_array_equal(image, flat)
+        np.testing.assert_allclose(m2, np.tile(data["motor2"][()], (3, 1)))
+        plot = silx_nxdata.get_default(f)
+        assert plot.is_valid and plot.signal_is_2d, plot.issues
+    assert nexusformat_errors(path) == 0
+
+
+def test_detector_frames_are_the_signal_when_nothing_scalar_is_hinted(tmp_path):
+    docs = ad_hdf5_run(tmp_path / "data" / "det")
+    path = write_run(tmp_path, docs)
+    with h5py.File(path, "r") as f:
+        data = f["entry/data"]
+        assert data.attrs["signal"] == "cam_image"
+        assert data["cam_image"].shape == (3, 2, 8, 10)
+        assert data.attrs["axes"].tolist() == [".", ".", ".", "."]
+        cam = f["entry/instrument/cam"]
+        assert cam.attrs["NX_class"] == "NXdetector" and cam["data"].is_virtual
+        assert f["entry/instrument/cam/data"].shape == (3, 2, 8, 10)
+        assert silx_nxdata.get_default(f).is_valid
+    assert nexusformat_errors(path) == 0
+
+
+def test_a_hinted_monitor_is_an_nxmonitor(tmp_path):
+    docs = scalar_run(4, detectors=("d1", "I0"))
+    docs[0][1]["hints"]["monitor"] = "I0"
+    path = write_run(tmp_path, docs)
+    with h5py.File(path, "r") as f:
+        monitor = f["entry/monitor"]
+        assert monitor.attrs["NX_class"] == "NXmonitor"
+        assert monitor["data"].shape == (4,)
+        assert isinstance(monitor.get("data", getlink=True), h5py.SoftLink)
+        assert monitor["data"].attrs["target"].endswith("/primary/I0")
+    assert nexusformat_errors(path) == 0
+
+
+def test_timestamps_and_datum_ids_are_kept(tmp_path):
+    docs = ad_hdf5_run(tmp_path / "data" / "det")
+    path = write_run(tmp_path, docs)
+    events = [d for n, d in docs if n == "event"]
+    with h5py.File(path, "r") as f:
+        stream = f["entry/instrument/bluesky/streams/primary"]
+        np.testing.assert_array_equal(
+            stream["timestamps/cam_total"][()], [e["timestamps"]["cam_total"] for e in events]
+        )
+        ids = f["entry/instrument/bluesky/external/primary/cam_image/event_data"][()]
+        assert [i.decode() for i in ids] == [e["data"]["cam_image"] for e in events]
+        assets = [json.loads(a) for a in f["entry/instrument/bluesky/metadata/assets"][()]]
+        assert [name for name, _ in assets] == ["resource", "datum", "datum", "datum"]
+
+
+# -- export: the file gives the run's documents back --------------------------------
+
+
+def comparable(docs):
+    """Documents with what the file does not keep (event uids) left out, events by stream."""
+    out = {"other": [], "events": {}}
+    for name, doc in docs:
+        if name == "event_page":
+            for ev in event_model.unpack_event_page(doc):
+                out["events"].setdefault(ev["descriptor"], []).append(strip(ev))
+        elif name == "event":
+            out["events"].setdefault(doc["descriptor"], []).append(strip(doc))
+        elif name == "datum_page":
+            out["other"].extend(("datum", d) for d in event_model.unpack_datum_page(doc))
+        else:
+            out["other"].append((name, json.loads(json.dumps(doc))))
+    out["other"].sort(key=lambda item: (item[0], json.dumps(item[1], sort_keys=True)))
+    return out
+
+
+def strip(event):
+    event = json.loads(json.dumps(event))
+    event.pop("uid")
+    if not event.get("filled"):
+        event.pop("filled", None)
+    return event
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: scalar_run(6),
+        lambda tmp: scalar_run(6, pages=True),
+        lambda tmp: ad_hdf5_run(tmp / "data" / "det"),
+        lambda tmp: ad_hdf5_run(tmp / "data" / "det", datum_pages=True),
+        lambda tmp: stream_resource_run(tmp / "data" / "det"),
+    ],
+    ids=["events", "pages", "ad_hdf5", "datum_pages", "stream_resource"],
+)
+def test_the_file_gives_back_the_runs_documents(tmp_path, make):
+    from bluesky_recorders.nexus_export import read_nexus_run
+
+    docs = make(tmp_path)
+    path = write_run(tmp_path / "first", docs)
+    run = read_nexus_run(path)
+    assert run.complete
+    assert comparable(run.documents) == comparable(docs)
+    # and they record again into the same file content
+    again = write_run(tmp_path / "second", run.documents)
+    assert tree(again) == tree(path)
+
+
+def test_a_killed_run_gives_back_what_was_flushed(tmp_path):
+    from bluesky_recorders.nexus_export import read_nexus_run
+
+    docs = scalar_run(5)
+    recorder = NexusRecorder(data_root=tmp_path, flush_interval=0)
+    feed(recorder, docs[:-2])  # stop and the last event never arrive
+    recorder.close()  # closes the file as it is, as a killed process leaves it
+    (path,) = recorder.artifacts[docs[0][1]["uid"]]
+    run = read_nexus_run(path)
+    assert not run.complete
+    sent = [n for n, _ in docs[:-2]].count("event")
+    assert [n for n, _ in run.documents].count("event") == sent
+    with pytest.raises(Exception, match="not a NeXus file written by bluesky_recorders"):
+        other = tmp_path / "other.h5"
+        h5py.File(other, "w").close()
+        read_nexus_run(other)
+
+
+@pytest.mark.parametrize("stream", ["usaxs.json.gz", "apstools.json.gz"])
+def test_real_runs_come_back_from_their_files(tmp_path, stream):
+    from bluesky_recorders.nexus_export import read_nexus_run
+
+    docs = list(realruns(stream))
+    recorder = NexusRecorder(data_root=tmp_path, flush_interval=10)
+    feed(recorder, docs)
+    recorder.close()
+    runs, run_of = {}, {}
+    for name, doc in docs:
+        if name == "start":
+            uid = doc["uid"]
+        elif name == "descriptor":
+            uid = run_of[doc["uid"]] = doc["run_start"]
+        elif name in ("event", "event_page"):
+            uid = run_of[doc["descriptor"]]
+        else:
+            uid = doc.get("run_start")
+        runs.setdefault(uid, []).append((name, doc))
+    checked = 0
+    for uid, paths in recorder.artifacts.items():
+        back = read_nexus_run(paths[0]).documents
+        original = comparable(runs[uid])
+        got = comparable(back)
+        assert got["events"] == original["events"], paths[0]
+        checked += 1
+    assert checked == {"usaxs.json.gz": 10, "apstools.json.gz": 53}[stream]
