@@ -533,3 +533,35 @@ def test_real_runs_come_back_from_their_files(tmp_path, stream):
         assert got["events"] == original["events"], paths[0]
         checked += 1
     assert checked == {"usaxs.json.gz": 10, "apstools.json.gz": 53}[stream]
+
+
+def test_a_reader_follows_a_real_run(tmp_path):
+    """Another process reads the points of a RunEngine scan while it runs."""
+    from bluesky import RunEngine
+    from bluesky import plan_stubs as bps
+    from bluesky.plans import scan
+    from ophyd.sim import det, motor
+
+    recorder = NexusRecorder(data_root=tmp_path, flush_interval=0)
+    RE = RunEngine({})
+    RE.subscribe(recorder)
+    starts = []
+    RE.subscribe(lambda name, doc: starts.append(doc["uid"]), "start")
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    seen = []
+
+    def per_step(detectors, step, pos_cache):
+        yield from bps.one_nd_step(detectors, step, pos_cache)
+        (path,) = recorder.artifacts[starts[-1]]
+        out = subprocess.run(
+            [sys.executable, "-c", READER, path, "nolock"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        seen.append(int(out.stdout))
+
+    RE(scan([det], motor, -1, 1, 4, per_step=per_step))
+    recorder.close()
+    assert seen == [1, 2, 3, 4]
