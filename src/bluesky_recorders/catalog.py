@@ -317,7 +317,9 @@ def open_catalog(
         # tiled 0.2.20's in-process client imports starlette's TestClient, which warns
         # that httpx is deprecated there: nothing a beamline user can act on.
         warnings.filterwarnings("ignore", message="Using .httpx. with .starlette.testclient.")
-        context = Context.from_app(build_app(adapter))
+        context = Context.from_app(
+            build_app(adapter, serialization_registry=_serialization_registry())
+        )
     try:
         client = from_context(context, structure_clients=_structure_clients())
         if "runs" not in client:
@@ -334,6 +336,19 @@ def open_catalog(
         raise
     log.debug("opened the catalog %s (readable: %s)", root_dir, readable_dirs)
     return runs
+
+
+def _serialization_registry() -> Any:
+    """tiled's default registry plus bluesky-tiled-plugins' JSON-seq export of a
+    run, which ``BlueskyRun.documents()`` asks for (``bsrec export`` reads runs so)."""
+    import copy
+
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    registry = copy.deepcopy(default_serialization_registry)
+    registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    return registry
 
 
 def close_catalog(catalog: Any) -> None:

@@ -90,6 +90,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--only", help="comma-separated recorder names to run (default: enabled ones)")
     s.set_defaults(func=_cmd_record)
 
+    s = sub.add_parser(
+        "export",
+        help="write recorded runs as SPEC, NeXus, CSV or JSON lines",
+        description="Replay recorded runs through the recorders of the formats asked for. "
+        "SOURCE: a NeXus file written by bsrec, a documents file (.jsonl, .json, .json.gz), "
+        "or catalog runs: a uid, a unique uid prefix, a scan id, or key=value. "
+        "Exit code 0 only when every run was written completely.",
+    )
+    common(s)
+    s.add_argument("source", nargs="+", help="files or catalog runs")
+    s.add_argument(
+        "--to", required=True, metavar="FORMAT[,FORMAT...]", help="spec, nexus, csv, jsonl"
+    )
+    s.add_argument("--out", required=True, metavar="DIR", help="where the files go")
+    s.add_argument(
+        "--catalog", metavar="DIR", help="catalog directory (default: <data_root>/catalog)"
+    )
+    s.set_defaults(func=_cmd_export)
+
     s = sub.add_parser("config", help="check recorder-set files")
     csub = s.add_subparsers(metavar="ACTION")
     c = csub.add_parser("check", help="parse and check a recorder-set file")
@@ -159,6 +178,55 @@ def _cmd_record(args: argparse.Namespace) -> int:
         args.zmq, rs, on_ready=lambda: print(f"bsrec record: listening on {args.zmq}", flush=True)
     )
     return 1 if failures else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .export import EXPORT_FORMATS, export
+
+    config = load_config(args.config, data_root=args.data_root)
+    formats = [f.strip() for f in args.to.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise BsrecError(
+            f"unknown export format(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(EXPORT_FORMATS)}"
+        )
+    catalog = None
+    if any(not os.path.isfile(os.path.expanduser(s)) for s in args.source):
+        from .catalog import close_catalog, open_catalog
+
+        directory = args.catalog or os.path.join(config.settings.data_root, "catalog")
+        if not os.path.isdir(directory):
+            raise BsrecError(f"no catalog at {directory} (give --catalog DIR)")
+        catalog = open_catalog(directory)
+    try:
+        results = export(
+            args.source, formats, args.out, catalog=catalog, path_map=config.settings.path_map
+        )
+    finally:
+        if catalog is not None:
+            close_catalog(catalog)
+    failed = 0
+    runs = [r for r in results if r.run_uid]
+    for result in results:
+        if not result.run_uid:
+            failed += 1
+            print(f"FAILED   {result.source}: {len(result.problems)} problem(s) reading it")
+        else:
+            state = "ok" if result.ok else ("partial" if result.partial else "FAILED")
+            failed += not result.ok
+            print(f"{state:8} {result.source}")
+        for fmt, files in result.files.items():
+            for path in files or ["(nothing written)"]:
+                print(f"         {fmt:6} {path}")
+        for problem in result.problems:
+            print(f"         ! {problem}")
+        for note in result.notes:
+            print(f"         ~ {note}")
+    complete = sum(r.ok for r in runs)
+    print(f"bsrec export: {complete} of {len(runs)} run(s) written completely")
+    return 1 if failed or not results else 0
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
