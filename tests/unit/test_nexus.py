@@ -565,3 +565,40 @@ def test_a_reader_follows_a_real_run(tmp_path):
     RE(scan([det], motor, -1, 1, 4, per_step=per_step))
     recorder.close()
     assert seen == [1, 2, 3, 4]
+
+
+def test_a_new_descriptor_in_a_stream_gets_its_own_group(tmp_path):
+    run = event_model.compose_run(metadata={"scan_id": 9, "plan_name": "count"})
+    first = run.compose_descriptor(
+        data_keys={"a": {"source": "s", "dtype": "number", "shape": []}}, name="primary"
+    )
+    # same keys, new configuration (e.g. an exposure time changed between readings)
+    second = run.compose_descriptor(
+        data_keys={"a": {"source": "s", "dtype": "number", "shape": []}},
+        name="primary",
+        configuration={
+            "det": {
+                "data": {"exposure": 2.0},
+                "timestamps": {"exposure": 2.0},
+                "data_keys": {"exposure": {"source": "e", "dtype": "number", "shape": []}},
+            }
+        },
+    )
+    docs = [
+        ("start", run.start_doc),
+        ("descriptor", first.descriptor_doc),
+        ("event", first.compose_event(data={"a": 1.0}, timestamps={"a": 1.0}, seq_num=1)),
+        ("descriptor", second.descriptor_doc),
+        ("event", second.compose_event(data={"a": 2.0}, timestamps={"a": 2.0}, seq_num=1)),
+        ("stop", run.compose_stop()),
+    ]
+    path = write_run(tmp_path, docs)
+    with h5py.File(path, "r") as f:
+        streams = f["entry/instrument/bluesky/streams"]
+        assert sorted(streams) == ["primary", "primary_2"]
+        assert streams["primary"]["a"][()].tolist() == [1.0]
+        assert streams["primary_2"]["a"][()].tolist() == [2.0]
+        assert streams["primary_2"].attrs["stream_name"] == "primary"
+    from bluesky_recorders.nexus_export import read_nexus_run
+
+    assert comparable(read_nexus_run(path).documents) == comparable(docs)
