@@ -78,10 +78,12 @@ from .nexus_layout import (
     column_block,
     column_spec,
     default_plot,
+    fallback_plot,
     frame_mappings,
     iso_time,
     monitor_key,
     safe_key,
+    text_rows,
     to_text,
 )
 from .paths import DirectoryPolicy
@@ -111,17 +113,9 @@ METADATA = "/entry/instrument/bluesky/metadata"
 LAYOUT_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
 _CHUNK = 1024
-_REFERENCE = np.dtype(
-    [
-        ("seq_start", "<i8"),
-        ("seq_stop", "<i8"),
-        ("frame_start", "<i8"),
-        ("frame_stop", "<i8"),
-        ("path", _STR),
-        ("dataset", _STR),
-        ("source_path", _STR),
-    ]
-)
+#: Columns of an external-data reference table (one row per ExternalFrames).
+_REFERENCE_NUMBERS = ("seq_start", "seq_stop", "frame_start", "frame_stop")
+_REFERENCE_TEXTS = ("path", "dataset", "source_path")
 
 
 def _program_version() -> str:
@@ -149,7 +143,20 @@ def _nx_group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
 
 
 def _growing(group: h5py.Group, name: str, spec: ColumnSpec) -> h5py.Dataset:
-    """A resizable, chunked dataset of rows of ``spec`` (float fill: NaN)."""
+    """A resizable, chunked dataset of rows of ``spec`` (float fill: NaN; text: a
+    rank-2 array of UTF-8 characters whose width grows, see ``text_rows``)."""
+    if spec.is_text:
+        ds = group.create_dataset(
+            name,
+            shape=(0, 0),
+            maxshape=(None, None),
+            chunks=(256, 64),
+            dtype="S1",
+            compression="gzip",
+            compression_opts=1,
+        )
+        ds.attrs["text"] = "utf-8 rows, NUL-padded: ds[()].view(f'S{ds.shape[1]}')[:, 0]"
+        return ds
     rows = max(1, _CHUNK // max(1, int(np.prod(spec.shape))))
     kwargs: dict[str, Any] = {}
     if spec.dtype is not None and spec.dtype.kind == "f":
@@ -159,14 +166,22 @@ def _growing(group: h5py.Group, name: str, spec: ColumnSpec) -> h5py.Dataset:
         shape=(0, *spec.shape),
         maxshape=(None, *spec.shape),
         chunks=(rows, *spec.shape),
-        dtype=_STR if spec.is_text else spec.dtype,
+        dtype=spec.dtype,
         **kwargs,
     )
 
 
 def _append(ds: h5py.Dataset, block: np.ndarray, at: int) -> None:
-    """One resize and one slice assignment."""
+    """One resize and one slice assignment (text: widened as needed)."""
     n = len(block)
+    if ds.dtype == np.dtype("S1") and ds.ndim == 2:
+        width = max(ds.shape[1], block.shape[1])
+        if width > ds.shape[1]:
+            ds.resize(width, axis=1)
+        if block.shape[1] < width:
+            wide = np.zeros((n, width), dtype="S1")
+            wide[:, : block.shape[1]] = block
+            block = wide
     ds.resize(at + n, axis=0)
     ds[at : at + n] = block
 
@@ -241,6 +256,7 @@ class NexusWriter(RunWriter):
         self._assets_written = 0
         self._plot: Plot | None = None
         self._plot_stream: _Stream | None = None
+        self._has_plot = False
         self._positioners: dict[str, str] = {}  # data key -> NXpositioner path
         self._last_flush = time.monotonic()
         self._warned: set[str] = set()
@@ -282,13 +298,12 @@ class NexusWriter(RunWriter):
         meta = f[METADATA]
         _set_text(meta, "start", dict(start))
         _nx_group(meta, "descriptors", "NXcollection")
-        assets = meta.create_dataset(
-            "assets", shape=(0,), maxshape=(None,), chunks=(256,), dtype=_STR
-        )
+        assets = _growing(meta, "assets", _TEXT)
         assets.attrs["long_name"] = "resource and datum documents, one [name, doc] JSON per row"
         experiment = start.get("experiment")
         if isinstance(experiment, Mapping):
             _write_experiment(entry, experiment)
+        self._make_placeholder_plot(entry)
 
     @property
     def _f(self) -> h5py.File:
@@ -351,7 +366,7 @@ class NexusWriter(RunWriter):
         self._streams[doc["uid"]] = stream
         if name == "primary" and self._plot_stream is None:
             self._plot_stream = stream
-            self._plot = default_plot(self.start_doc, doc)
+            self._plot = default_plot(self.start_doc, doc) or fallback_plot(doc)
             if self._plot is None:
                 log.info("%s: no hinted detector field in the primary stream: no NXdata", self.path)
             elif not self._plot.image:
@@ -368,10 +383,17 @@ class NexusWriter(RunWriter):
         _set_text(note, "type", "application/json")
         _set_text(note, "description", f"external data of {key!r}: frames per event range")
         _set_text(note, "data_key", dict(dk))
-        ds = note.create_dataset(
-            "frames", shape=(0,), maxshape=(None,), chunks=(256,), dtype=_REFERENCE
+        _set_text(
+            note,
+            "frames",
+            "one row per piece of external data: events [seq_start, seq_stop) are frames "
+            "[frame_start, frame_stop) of dataset in the file at path (source_path: as the "
+            "documents named it)",
         )
-        ds.attrs["long_name"] = "events [seq_start, seq_stop) = frames [frame_start, frame_stop)"
+        for column in _REFERENCE_NUMBERS:
+            _growing(note, column, _INT)
+        for column in _REFERENCE_TEXTS:
+            _growing(note, column, _TEXT)
         values = _growing(note, "event_data", _TEXT)
         values.attrs["long_name"] = "the events' own value of this key (datum id), per row"
         return note.name
@@ -382,27 +404,60 @@ class NexusWriter(RunWriter):
         name = stream.columns[key][0] if key in stream.columns else safe_key(key)
         return self._f[stream.group].get(name)
 
+    def _name(self, stream: _Stream, key: str) -> str:
+        """The dataset name of ``key`` in ``stream`` (a valid NeXus name)."""
+        if key == "time":
+            return "time"
+        return stream.columns[key][0] if key in stream.columns else safe_key(key)
+
     def _make_plot(self, stream: _Stream) -> None:
         plot = self._plot
         assert plot is not None
         f = self._f
+        if "data" in f["entry"]:  # the placeholder
+            del f["entry"]["data"]
+        self._has_plot = True
         data = _nx_group(f["entry"], "data", "NXdata")
+        signal = self._name(stream, plot.signal)
         if plot.grid is not None:
             self._make_grid(data, stream, plot)
         else:
             for key in [plot.signal, *plot.axes, *plot.auxiliary]:
                 source = self._stream_dataset(stream, key)
                 if source is not None:
-                    _link(data, key, source)
-            rank = len(data[plot.signal].shape)
-            axes = plot.axes[:1] if plot.axes else ["."]
-            data.attrs["axes"] = axes + ["."] * (rank - 1)
-            for axis in plot.axes:
+                    _link(data, self._name(stream, key), source)
+            rank = len(data[signal].shape)
+            axes = [self._name(stream, a) for a in plot.axes]
+            data.attrs["axes"] = (axes[:1] or ["."]) + ["."] * (rank - 1)
+            for axis in axes:
                 data.attrs[f"{axis}_indices"] = 0
-        data.attrs["signal"] = plot.signal
-        if plot.auxiliary and plot.grid is None:
-            data.attrs["auxiliary_signals"] = plot.auxiliary
+            if plot.auxiliary:
+                data.attrs["auxiliary_signals"] = [self._name(stream, k) for k in plot.auxiliary]
+        data.attrs["signal"] = signal
         f["entry"].attrs["default"] = "data"
+
+    def _make_fallback_plot(self) -> None:
+        """At stop, a run still without a plot gets the first numeric column of the
+        first stream that has one (the primary stream first)."""
+        if self._has_plot:
+            return
+        streams = sorted(self._streams.values(), key=lambda s: s.name != "primary")
+        for stream in streams:
+            plot = fallback_plot(self.descriptors.get(stream.uid, {}))
+            if plot is not None and plot.signal in stream.columns:
+                self._plot, self._plot_stream = plot, stream
+                self._make_plot(stream)
+                return
+
+    def _make_placeholder_plot(self, entry: h5py.Group) -> None:
+        """Until the run has something to plot, ``/entry/data`` is an empty ``events``
+        signal, so that a file always has a default plot (also after a crash)."""
+        data = _nx_group(entry, "data", "NXdata")
+        empty = data.create_dataset("events", data=np.zeros(0, dtype="int64"))
+        empty.attrs["long_name"] = "nothing to plot was recorded (yet)"
+        data.attrs["signal"] = "events"
+        data.attrs["axes"] = ["."]
+        entry.attrs["default"] = "data"
 
     def _make_grid(self, data: h5py.Group, stream: _Stream, plot: Plot) -> None:
         """The signal as a (rows, columns) image with both motors' axes, filled in
@@ -411,17 +466,25 @@ class NexusWriter(RunWriter):
         dataset's first dimension to be its number of source mappings."""
         assert plot.grid is not None
         rows, cols = plot.grid
-        slow, fast = plot.axes
-        for key, shape in ((plot.signal, (rows, cols)), (slow, (rows,)), (fast, (cols,))):
+        signal, slow, fast = (self._name(stream, k) for k in (plot.signal, *plot.axes))
+        for key, shape in (
+            (plot.signal, (rows, cols)),
+            (plot.axes[0], (rows,)),
+            (plot.axes[1], (cols,)),
+        ):
             column = self._stream_dataset(stream, key)
             assert column is not None
             ds = data.create_dataset(
-                key, shape=shape, dtype="float64", fillvalue=math.nan, chunks=True
+                self._name(stream, key),
+                shape=shape,
+                dtype="float64",
+                fillvalue=math.nan,
+                chunks=True,
             )
             for name in ("units", "source"):
                 if name in column.attrs:
                     ds.attrs[name] = column.attrs[name]
-        data[plot.signal].attrs["long_name"] = f"{plot.signal} on the {rows} x {cols} grid"
+        data[signal].attrs["long_name"] = f"{plot.signal} on the {rows} x {cols} grid"
         data[slow].attrs["long_name"] = f"{slow} (first point of each row)"
         data[fast].attrs["long_name"] = f"{fast} (first row)"
         data.attrs["axes"] = [slow, fast]
@@ -441,6 +504,7 @@ class NexusWriter(RunWriter):
         f = self._f
         data = f["entry/data"]
         slow, fast = plot.axes
+        names = {k: self._name(stream, k) for k in (plot.signal, slow, fast)}
 
         def column(key: str) -> np.ndarray:
             ds = self._stream_dataset(stream, key)
@@ -452,15 +516,15 @@ class NexusWriter(RunWriter):
         image = image.reshape(rows, cols)
         if plot.snake:
             image[1::2] = image[1::2, ::-1].copy()
-        data[plot.signal][...] = image
-        data[slow][...] = np.concatenate([column(slow), np.full(rows * cols - stop, math.nan)])[
-            ::cols
-        ]
+        data[names[plot.signal]][...] = image
+        data[names[slow]][...] = np.concatenate(
+            [column(slow), np.full(rows * cols - stop, math.nan)]
+        )[::cols]
         if before < cols:
             first = np.full(cols, math.nan)
             values = column(fast)[:cols]
             first[: len(values)] = values
-            data[fast][...] = first
+            data[names[fast]][...] = first
 
     def _instrument_name(self, key: str, suffix: str) -> str:
         inst = self._f["entry/instrument"]
@@ -593,6 +657,9 @@ class NexusWriter(RunWriter):
                 group = f[stream.group]
                 at = stream.rows
                 for key, (ds_name, spec) in stream.columns.items():
+                    if spec.is_text:
+                        _append(group[ds_name], text_rows(stream.values[key]), at)
+                        continue
                     block, bad = column_block(stream.values[key], spec)
                     if bad:
                         self._warn_once(f"fill:{key}", "%d value(s) of %r stored as fill", bad, key)
@@ -602,8 +669,7 @@ class NexusWriter(RunWriter):
                     if values is None:
                         values = stream.values[key] = [None] * n
                         stream.stamps[key] = [None] * n
-                    texts = ["" if v is None else to_text(v) for v in values]
-                    _append(f[note]["event_data"], np.array(texts, dtype=object), at)
+                    _append(f[note]["event_data"], text_rows(values), at)
                 stamps = group["timestamps"]
                 for key in stream.all_keys():
                     name = stream.columns[key][0] if key in stream.columns else safe_key(key)
@@ -622,12 +688,17 @@ class NexusWriter(RunWriter):
                 stream.seqs = []
             for key, rows in stream.refs.items():
                 if rows:
-                    ds = f[stream.external[key]]["frames"]
-                    _append(ds, np.array(rows, dtype=_REFERENCE), ds.shape[0])
+                    note = f[stream.external[key]]
+                    done = note["seq_start"].shape[0]
+                    columns = list(zip(*rows, strict=True))
+                    for name, values in zip(_REFERENCE_NUMBERS, columns[:4], strict=True):
+                        _append(note[name], np.asarray(values, dtype="int64"), done)
+                    for name, values in zip(_REFERENCE_TEXTS, columns[4:], strict=True):
+                        _append(note[name], text_rows(values), done)
                     stream.refs[key] = []
         if self._assets:
             ds = f[METADATA]["assets"]
-            _append(ds, np.array(self._assets, dtype=object), self._assets_written)
+            _append(ds, text_rows(self._assets), self._assets_written)
             self._assets_written += len(self._assets)
             self._assets = []
         if baseline_new:
@@ -693,9 +764,8 @@ class NexusWriter(RunWriter):
             if "data" not in det:
                 det["data"] = h5py.SoftLink(ds.name)
         plot = self._plot
-        if plot is not None and plot.image and plot.signal == key:
-            if "data" not in self._f["entry"]:
-                self._make_plot(stream)
+        if plot is not None and plot.image and plot.signal == key and not self._has_plot:
+            self._make_plot(stream)
 
     def _source_layout(
         self, rec: ExternalFrames, dk: Mapping[str, Any]
@@ -816,6 +886,7 @@ class NexusWriter(RunWriter):
         self._vds_dirty.clear()
         f = self._restructure()
         entry = f["entry"]
+        self._make_fallback_plot()
         self._write_scanned_positioners()
         self._write_end_positions()
         status = doc.get("exit_status", "")

@@ -33,6 +33,7 @@ from typing import Any
 import h5py
 
 from .errors import DocumentError
+from .nexus_layout import decode_rows
 
 __all__ = ["NexusRun", "documents_from_nexus", "event_uid", "read_nexus_run"]
 
@@ -92,11 +93,10 @@ def _stream_events(
         key = ds.attrs.get("data_key", name)
         if key not in keys or keys[key].get("external"):
             continue
-        values = ds[:n]
-        if ds.dtype.kind == "O":
-            columns[key] = [_from_text(v.decode(), keys[key]) for v in values]
+        if ds.dtype.kind in "OS" and (ds.ndim == 1 or ds.dtype == "S1"):
+            columns[key] = [_from_text(v, keys[key]) for v in decode_rows(ds[:n])]
         else:
-            columns[key] = values.tolist()
+            columns[key] = ds[:n].tolist()
     stamps: dict[str, Any] = {}
     for name, ds in group["timestamps"].items():
         stamps[ds.attrs.get("data_key", name)] = ds[:n].tolist()
@@ -105,7 +105,7 @@ def _stream_events(
         for note in external.values():
             key = _note_key(note, keys)
             if key is not None and "event_data" in note:
-                values = [v.decode() for v in note["event_data"][:n]]
+                values = decode_rows(note["event_data"][:n])
                 if any(values):
                     columns[key] = values
     uid = descriptor["uid"]
@@ -171,9 +171,9 @@ def read_nexus_run(path: str | os.PathLike[str]) -> NexusRun:
             descriptors.append((group, desc))
             run.documents.append(("descriptor", desc))
         if "assets" in f[_METADATA]:
-            for i, row in enumerate(f[f"{_METADATA}/assets"][()]):
+            for i, row in enumerate(decode_rows(f[f"{_METADATA}/assets"][()])):
                 try:
-                    name, doc = json.loads(row.decode())
+                    name, doc = json.loads(row)
                 except ValueError as err:
                     raise DocumentError(f"{path}: asset document {i} is not JSON ({err})") from err
                 run.documents.append((name, doc))

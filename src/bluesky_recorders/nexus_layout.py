@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,11 +24,14 @@ __all__ = [
     "Plot",
     "column_block",
     "column_spec",
+    "decode_rows",
     "default_plot",
+    "fallback_plot",
     "frame_mappings",
     "iso_time",
     "monitor_key",
     "safe_key",
+    "text_rows",
     "to_text",
 ]
 
@@ -120,10 +124,37 @@ def column_block(values: Sequence[Any], spec: ColumnSpec) -> tuple[np.ndarray, i
     return block, bad
 
 
+_NOT_NEXUS = re.compile(r"[^A-Za-z0-9_.]")
+
+
 def safe_key(name: str) -> str:
-    """A data key as an HDF5 link name (no ``/``, not ``.``)."""
-    out = name.replace("/", "_")
-    return out if out not in ("", ".", "..") else f"_{out}"
+    """A data key as a valid NeXus name: letters, digits, ``_`` and inner ``.`` only
+    (``"TR diode"`` becomes ``"TR_diode"``; the writer keeps the key in ``@data_key``)."""
+    out = _NOT_NEXUS.sub("_", name).strip(".")
+    return out or "_"
+
+
+def text_rows(values: Sequence[Any]) -> np.ndarray:
+    """Text values as a rank-2 array of characters (rows of UTF-8, NUL-padded).
+
+    String columns are stored so, not as 1-D string arrays, because the NeXus C
+    API's ``nxtraverse`` crashes on a 1-D array of strings longer than a few
+    characters. ``None`` is the empty string; other values are :func:`to_text`.
+    """
+    raw = [b"" if v is None else to_text(v).encode("utf-8") for v in values]
+    width = max([1, *(len(r) for r in raw)])
+    buf = b"".join(r.ljust(width, b"\0") for r in raw)
+    return np.frombuffer(buf, dtype="S1").reshape(len(raw), width)
+
+
+def decode_rows(array: np.ndarray) -> list[str]:
+    """The strings of a :func:`text_rows` array (also accepts 1-D string arrays)."""
+    if array.ndim == 1:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.tolist()]
+    if array.shape[1] == 0:
+        return [""] * array.shape[0]
+    rows = np.ascontiguousarray(array).view(f"S{array.shape[1]}")[:, 0]
+    return [r.decode("utf-8", "replace") for r in rows.tolist()]
 
 
 def iso_time(t: float | None) -> str:
@@ -217,6 +248,16 @@ def default_plot(start: Mapping[str, Any], descriptor: Mapping[str, Any]) -> Plo
     images = [f for f in hinted if frames(f)] or [f for f in keys if frames(f)]
     if images:
         return Plot(images[0], axes[:1], image=True)
+    return None
+
+
+def fallback_plot(descriptor: Mapping[str, Any], axes: Sequence[str] = ()) -> Plot | None:
+    """A plot when nothing numeric is hinted: the first numeric scalar key that is
+    not an axis, over ``axes`` (every file gets a default plot: formats.md rule 1)."""
+    for key, dk in descriptor.get("data_keys", {}).items():
+        spec = column_spec(dk)
+        if key not in axes and spec is not None and not spec.is_text and not spec.shape:
+            return Plot(key, list(axes))
     return None
 
 
