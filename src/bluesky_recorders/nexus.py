@@ -38,7 +38,9 @@ Rows are kept in memory and written in blocks at every flush (at most
 ``flush_interval`` seconds apart, and at stop), so a reader sees the run up to
 the last flush, and so does the file left by a killed process.
 
-Live reading: the file is opened with ``libver="latest"`` and switched to SWMR
+Live reading: with ``swmr=True`` the file is opened with ``libver="v110"`` (the
+oldest format SWMR allows, so that readers built on HDF5 1.10, as Debian's
+hdf5-tools and nexus-tools are, can read it) and switched to SWMR
 at the first flush after a descriptor, so ``h5py.File(path, "r", swmr=True)``
 reads the points flushed so far (call ``dataset.refresh()`` to see more). SWMR
 forbids creating objects, so a new descriptor, a rebuild of the virtual
@@ -112,6 +114,8 @@ METADATA = "/entry/instrument/bluesky/metadata"
 #: Version of this layout (root attribute ``bsrec_layout``), read by the exporter.
 LAYOUT_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
+#: File format bounds for SWMR: the oldest that allows it, readable by HDF5 1.10 tools.
+_SWMR_LIBVER = ("v110", "v110")
 _CHUNK = 1024
 #: Columns of an external-data reference table (one row per ExternalFrames).
 _REFERENCE_NUMBERS = ("seq_start", "seq_stop", "frame_start", "frame_stop")
@@ -246,7 +250,7 @@ class NexusWriter(RunWriter):
         self.policy.open_new(target, "xb", root=recorder.data_root).close()
         self.artifacts.append(self.path)
         self.root = Path(os.path.realpath(recorder.data_root))
-        libver = "latest" if recorder.swmr else None
+        libver = _SWMR_LIBVER if recorder.swmr else None
         self.file: h5py.File | None = h5py.File(target, "w", libver=libver)
         self._swmr = False
         self._streams: dict[str, _Stream] = {}
@@ -318,7 +322,7 @@ class NexusWriter(RunWriter):
             self._f.close()
             self.file = None
             # no lock: a reader holding the file must not block the run
-            self.file = h5py.File(self.path, "r+", libver="latest", locking=False)
+            self.file = h5py.File(self.path, "r+", libver=_SWMR_LIBVER, locking=False)
             self._swmr = False
         return self._f
 
@@ -987,7 +991,7 @@ class NexusRecorder(Recorder):
     flush_interval
         Seconds between flushes (0: after every event page); also at stop.
     swmr
-        Write with HDF5 SWMR (``libver="latest"``) so readers open the file
+        Write with HDF5 SWMR (``libver="v110"``) so readers open the file
         with ``swmr=True`` during the run. Off by default: a SWMR file left by
         a killed writer opens only with ``swmr=True`` (or after ``h5clear -s``),
         while a default file opens everywhere; live readers of a default file

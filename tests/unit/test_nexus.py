@@ -24,6 +24,9 @@ from bluesky_recorders.testing import (
     stream_resource_run,
 )
 
+#: Every file the tests of this module write; the last test opens them all with every reader.
+WRITTEN = []
+
 
 def write_run(tmp_path, docs, **options):
     options.setdefault("data_root", tmp_path / "data")
@@ -31,6 +34,7 @@ def write_run(tmp_path, docs, **options):
     feed(recorder, docs)
     recorder.close()
     (path,) = recorder.artifacts[docs[0][1]["uid"]]
+    WRITTEN.append(path)
     return path
 
 
@@ -193,6 +197,10 @@ def test_missing_detector_file_does_not_break_the_run(tmp_path, caplog):
     for f in (tmp_path / "det").iterdir():
         f.unlink()
     path = write_run(tmp_path, docs)
+    WRITTEN.remove(path)  # its detector file is gone on purpose: checked here instead
+    from readers import nexus_problems
+
+    assert nexus_problems(path, allow_external_missing=True) == []
     with h5py.File(path, "r") as f:
         ds = f["entry/instrument/bluesky/streams/primary/cam_image"]
         assert ds.shape == (3, 2, 8, 10)
@@ -354,6 +362,7 @@ def run_plan(tmp_path, plan, **options):
     result = RE(plan)
     recorder.close()
     (path,) = recorder.artifacts[result.run_start_uids[0]]
+    WRITTEN.append(path)
     return path
 
 
@@ -598,3 +607,20 @@ def test_a_new_descriptor_in_a_stream_gets_its_own_group(tmp_path):
     from bluesky_recorders.nexus_export import read_nexus_run
 
     assert comparable(read_nexus_run(path).documents) == comparable(docs)
+
+
+def test_every_file_written_above_passes_every_reader(tmp_path):
+    """formats.md, NeXus: h5py, silx, nexusformat, punx, h5ls and nxtraverse, each
+    opening the files from another working directory."""
+    from bluesky.plans import grid_scan
+    from ophyd.sim import det4, motor1, motor2
+
+    from readers import nexus_problems_many
+
+    if len(WRITTEN) < 10:  # run alone: write a few of the kinds above
+        write_run(tmp_path / "a", scalar_run(3))
+        write_run(tmp_path / "b", ad_hdf5_run(tmp_path / "b" / "data" / "det"))
+        run_plan(tmp_path / "c", grid_scan([det4], motor1, -1, 1, 2, motor2, -1, 1, 3))
+    found = nexus_problems_many([p for p in WRITTEN if os.path.exists(p)])
+    problems = [f"{os.path.basename(p)}: {m}" for p, ms in found.items() for m in ms]
+    assert problems == []
