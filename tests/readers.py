@@ -403,9 +403,13 @@ def spec_text_problems(raw: bytes) -> list[str]:
                 "(names are separated by two spaces)",
             )
 
+    continued = False  # inside an MCA "@A" spectrum, continued with "\\"
     for number, line in enumerate(lines, 1):
         if "\t" in line:
             bad(number, "tab")
+        mca, continued = continued or line.startswith("@A"), line.endswith("\\")
+        if mca:
+            continue
         if line != line.rstrip():
             bad(number, "trailing spaces")
         key, _, rest = line.partition(" ")

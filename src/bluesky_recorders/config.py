@@ -56,6 +56,9 @@ RECORDER_KINDS: dict[str, str] = {
     "console": "bluesky_recorders.console:ConsoleRecorder",
     "catalog": "bluesky_recorders.catalog:CatalogRecorder",
     "nexus": "bluesky_recorders.nexus:NexusRecorder",
+    "spec": "bluesky_recorders.spec:SpecRecorder",
+    "jsonl": "bluesky_recorders.jsonl:JsonlRecorder",
+    "csv": "bluesky_recorders.csv_recorder:CsvRecorder",
 }
 
 _SETTINGS_KEYS = {

@@ -586,6 +586,19 @@ class NexusWriter(RunWriter):
                 monitor.create_dataset(name, data=float(value))
 
     # data ----------------------------------------------------------------
+    def event(self, doc: Mapping[str, Any]) -> None:
+        """One event into the buffers (packing it into a page would cost ~20 µs)."""
+        stream = self._streams[doc["descriptor"]]
+        data = doc.get("data", {})
+        stamps = doc.get("timestamps", {})
+        for key, out in stream.values.items():
+            out.append(data.get(key))
+            stream.stamps[key].append(stamps.get(key))
+        stream.times.append(doc["time"])
+        stream.seqs.append(doc["seq_num"])
+        if time.monotonic() - self._last_flush >= self.recorder.flush_interval:
+            self._flush()
+
     def event_page(self, doc: Mapping[str, Any]) -> None:
         stream = self._streams[doc["descriptor"]]
         seqs = doc["seq_num"]

@@ -217,7 +217,20 @@ class Recorder:
             uid = doc["uid"]
             if uid in self._writers:
                 raise DocumentError(f"a second start document with uid {uid}", name=name, uid=uid)
-            writer = self.make_writer(doc)
+            try:
+                writer = self.make_writer(doc)
+            except Exception as err:  # the run is lost for this recorder: say so once
+                self._failed.add(uid)
+                if isinstance(err, RecorderError):
+                    raise
+                raise RecorderError(
+                    self.name,
+                    cause=err,
+                    run_uid=uid,
+                    path=getattr(err, "filename", "") or "",
+                    doc_name=name,
+                    doc_uid=uid,
+                ) from err
             if writer is None:  # this recorder skips the run: ignore its documents quietly
                 self._failed.add(uid)
                 return None

@@ -14,8 +14,8 @@ def make(kind, tmp_path):
     options = {"console": {"file": io.StringIO(), "force_terminal": False}}.get(kind, {})
     if kind == "catalog":
         options = {"directory": tmp_path / "catalog"}
-    if kind == "nexus":
-        options = {"data_root": tmp_path / "nexus"}
+    if kind in ("nexus", "spec", "jsonl", "csv"):
+        options = {"data_root": tmp_path / kind}
     return cls(**options)
 
 
@@ -36,5 +36,5 @@ def test_all_recorder_kinds_together_accept_both_streams(tmp_path, streams):
     starts = [d["uid"] for docs in streams.values() for n, d in docs if n == "start"]
     assert len(starts) == 63
     for recorder in rs.recorders.values():
-        if recorder.kind in ("catalog", "nexus"):  # a file-writing recorder names its files
+        if recorder.kind in ("catalog", "nexus", "jsonl", "csv", "spec"):  # it names its files
             assert set(recorder.artifacts) == set(starts)

@@ -130,6 +130,27 @@ def test_failure_names_recorder_file_document_and_cause_and_next_run_is_clean():
     assert rec.seen[nxt[0][1]["uid"]]["stop"] == "success"
 
 
+class RefusingRecorder(LogRecorder):
+    def make_writer(self, start):
+        if start.get("scan_id") == 1:
+            raise PermissionError(13, "Permission denied", "/data/locked/00001.log")
+        return super().make_writer(start)
+
+
+def test_a_writer_that_cannot_start_loses_only_its_run_and_says_so_once():
+    rec = RefusingRecorder()
+    docs = scalar_run(3, scan_id=1)
+    with pytest.raises(RecorderError) as info:
+        rec(*docs[0])
+    err = info.value
+    assert err.doc_name == "start" and err.path == "/data/locked/00001.log"
+    assert "Permission denied" in str(err) and isinstance(err.__cause__, PermissionError)
+    feed(rec, docs[1:])  # the rest of that run: skipped quietly, no error per document
+    nxt = scalar_run(2, scan_id=2)
+    feed(rec, nxt)
+    assert rec.seen[nxt[0][1]["uid"]]["stop"] == "success"
+
+
 def test_duplicate_start_is_refused():
     rec = LogRecorder()
     docs = scalar_run(2)
