@@ -20,6 +20,10 @@ MODULES = [
     "console",
     "catalog",
     "nexus",
+    "spec",
+    "jsonl",
+    "csv_recorder",
+    "export",
 ]
 
 
