@@ -45,7 +45,21 @@ def test_demo_records_three_runs_reads_them_back_and_stops_the_iocs(tmp_path):
     assert sum("catalog: " in line for line in lines) == 3
     assert sum("nexus: " in line for line in lines) == 3
     # NeXus files in the experiment's folder named by the metadata service (PI Lovelace)
-    assert len(list(tmp_path.glob("20[0-9][0-9]-[01][0-9]/lovelace/*.nxs"))) == 3
+    nexus = list(tmp_path.glob("20[0-9][0-9]-[01][0-9]/lovelace/*.nxs"))
+    assert len(nexus) == 3
+    # ...and the SPEC file of the experiment, with the three scans
+    (spec,) = tmp_path.glob("20[0-9][0-9]-[01][0-9]/lovelace/*.spec")
+    assert [line.split()[1] for line in spec.read_text().splitlines() if line[:3] == "#S "] == [
+        "1",
+        "2",
+        "3",
+    ]
+    # every reader of formats.md opens them
+    from readers import nexus_problems_many, spec_problems
+
+    found = nexus_problems_many(nexus)
+    assert [f"{p.name}: {m}" for p, ms in found.items() for m in ms] == []
+    assert spec_problems(spec) == []
 
 
 def test_session_runs_a_scan_records_it_and_stops_the_iocs_it_started(tmp_path):

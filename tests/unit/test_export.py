@@ -58,6 +58,9 @@ def test_a_nexus_file_exported_to_every_format(tmp_path, capsys):
     assert problems == []
     assert sorted(n for n, _ in back) == sorted(n for n, _ in docs)  # descriptors come first
     (nxs,) = out.glob("*.nxs")
+    from readers import nexus_problems
+
+    assert nexus_problems(nxs) == []
     with h5py.File(nxs, "r") as f:
         assert f["entry/instrument/bluesky/streams/primary/det"].shape == (4,)
         assert f["entry/exit_status"][()] == b"success"
