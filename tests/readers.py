@@ -118,7 +118,17 @@ def nexus_problems_many(paths: list[Any], **options: Any) -> dict[Any, list[str]
 
 def _command_line_problems(file: str, cwd: str, allow_external_missing: bool) -> list[str]:
     problems = []
-    kw: dict[str, Any] = {"cwd": cwd, "capture_output": True, "text": True, "errors": "replace"}
+    # These run while the Python readers read the same file in another process, and
+    # nexusformat reopens files read-write (an exclusive lock) at times: without
+    # locking here, a reader's shared lock never makes nexusformat fail with errno 11.
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    kw: dict[str, Any] = {
+        "cwd": cwd,
+        "capture_output": True,
+        "text": True,
+        "errors": "replace",
+        "env": env,
+    }
     run = subprocess.run(["h5ls", "-r", "--follow-symlinks", file], **kw)
     if run.returncode:
         problems.append(f"h5ls: exit status {run.returncode}: {run.stderr.strip()[-300:]}")
@@ -541,7 +551,8 @@ def _silx_open(path: str) -> dict[str, Any]:
         for key, scan in f.items():
             number, order = key.split(".")
             measurement = scan["measurement"]
-            labels = list(measurement)
+            # the #L columns are datasets; MCA spectra are groups measurement/mca_<i>
+            labels = [k for k in measurement if silx.io.is_dataset(measurement[k])]
             rows = len(measurement[labels[0]]) if labels else 0
             positioners = scan["instrument/positioners"]
             motors = {
@@ -566,12 +577,24 @@ def _pymca(path: str) -> dict[str, Any]:
     from PyMca5.PyMcaIO import specfilewrapper
 
     sf = specfilewrapper.Specfile(path)
-    motor_names = sf.allmotors()
+    sf.allmotors()  # the first scan's motor names: must not raise
     found = {}
     for i in range(sf.scanno()):
         s = sf[i]
-        motors = dict(zip(motor_names, s.allmotorpos(), strict=False))
-        found[_key(s.number(), s.order())] = (s.alllabels(), s.lines(), motors)
+        # as PyMca's SpecFileDataSource: a scan's motor names are those of its own file
+        # header block (Specfile.allmotors() gives the first scan's only), and a scan
+        # without data lines has 0 lines (lines() raises, alllabels() is empty: the
+        # labels are in its #L line, as silx's SpecFile reads them then)
+        motors = dict(zip(s.allmotors(), s.allmotorpos(), strict=False))
+        try:
+            rows = s.lines()
+        except specfilewrapper.specfile.error:
+            rows = 0
+        if rows:
+            labels = s.alllabels()
+        else:
+            labels = [n for n in s.header("L")[0][3:].split("  ") if n]
+        found[_key(s.number(), s.order())] = (labels, rows, motors)
     return found
 
 

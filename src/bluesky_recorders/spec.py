@@ -18,8 +18,9 @@ Layout of ``<run directory>/<file_template>`` (reference:
     #C proposal = GUP-12345                 proposal, PI, sample, plan arguments ...
     #P0 1.5 0 0 0 0 0 0 0                   positions from the baseline's first reading
     #P1 8.0
-    #@MCA %16C                              only with 1-D arrays (MCA data)
-    #@CHANN 1024 0 1023 1
+    #@MCA %16C                              only with 1-D arrays (MCA data): per array
+    #@CHANN 1024 0 1023 1                   its channels, and the identity calibration
+    #@CALIB 0 1 0                           (silx needs one #@CALIB per #@CHANN)
     #N 4
     #L motor  Epoch  motor_setpoint  det    scanned motor(s) first, main detector last
     -1.0 0.104351 -1.0 367.879              one row per event, flushed at once
@@ -63,7 +64,9 @@ from .paths import DirectoryPolicy, PathExistsError, PathPolicyError, ensure_ins
 from .recorder import Recorder, RunWriter
 
 __all__ = [
+    "MAX_POSITIONERS",
     "MISSING_VALUE",
+    "NO_POSITIONERS",
     "FileState",
     "ScanCommand",
     "ScanLayout",
@@ -92,6 +95,11 @@ log = logging.getLogger("bluesky_recorders.spec")
 
 #: Written for a missing, non-finite or non-numeric value (a ``#C`` line names each one).
 MISSING_VALUE = -999999
+#: The one ``#O`` name of a scan that recorded no positioner (its ``#P`` is the missing
+#: value): PyMca's ``allmotors()``/``allmotorpos()`` raise SystemError on a scan without
+#: ``#O``/``#P`` (``PyList_New(-1)``), and ``Specfile.allmotors()`` raises when the first
+#: scan has none.
+NO_POSITIONERS = "no_positioners"
 #: Names per ``#O`` line, values per ``#P`` line (SPEC's own layout).
 PER_LINE = 8
 #: MCA channels per ``@A`` line before a ``\\`` continuation (``#@MCA %16C``).
@@ -102,8 +110,13 @@ MCA_PER_LINE = 16
 MAX_LINE = 4096
 #: Secondary-stream events held back, at most, while a run's main stream has not begun.
 MAX_PENDING = 1000
-#: Longest label in ``#L``/``#O``.
-MAX_LABEL = 256
+#: Longest label in ``#L``/``#O``: the C parser of silx and PyMca keeps 255 characters
+#: of a longer name (a static buffer of 256), spec2nexus all of them.
+MAX_LABEL = 255
+#: Most positioners in ``#O``/``#P``: the C parser of silx and PyMca reads positions into
+#: a static array of 300 (``SfAllMotorPos``): with more, silx reads wrong values (320) or
+#: crashes (1000). The others become ``#C baseline`` lines.
+MAX_POSITIONERS = 300
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SPACE = re.compile(r"\s+")
@@ -159,7 +172,8 @@ def comment_lines(text: str) -> list[str]:
 
 
 def unique_labels(names: Iterable[object]) -> list[str]:
-    """:func:`sanitize_label` of each name, with ``_2``, ``_3``... added to repeats."""
+    """:func:`sanitize_label` of each name, with ``_2``, ``_3``... added to repeats (the
+    name shortened to keep :data:`MAX_LABEL`)."""
     out: list[str] = []
     seen: set[str] = set()
     for name in names:
@@ -167,7 +181,8 @@ def unique_labels(names: Iterable[object]) -> list[str]:
         candidate, n = label, 1
         while candidate in seen:
             n += 1
-            candidate = f"{label}_{n}"
+            suffix = f"_{n}"
+            candidate = label[: MAX_LABEL - len(suffix)] + suffix
         seen.add(candidate)
         out.append(candidate)
     return out
@@ -442,7 +457,8 @@ class ScanLayout:
     ``"epoch"`` (seconds since the file header's ``#E``) or ``"frame"`` (index of the
     key's first frame in its detector file); ``mca``: keys written as ``@A`` spectra;
     ``text``: keys written as ``#C`` lines when their value changes; ``skipped``:
-    arrays larger than the MCA limit (named once in a ``#C`` line).
+    arrays larger than the MCA limit (named once in a ``#C`` line); ``uneven``: arrays
+    of another length than the spectra (in ``text`` too).
     """
 
     columns: tuple[tuple[str, str], ...]
@@ -450,6 +466,7 @@ class ScanLayout:
     mca: tuple[tuple[str, int], ...] = ()
     text: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
+    uneven: tuple[str, ...] = ()
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -561,6 +578,15 @@ def scan_layout(
                 skipped.append(key)
         else:  # strings, and anything the descriptor does not call a number
             text.append(key)
+    uneven: list[str] = []
+    sizes = [n for _, n in mca]
+    if len(set(sizes)) > 1:
+        # spec2nexus keeps every spectrum of a scan in one array: its converter fails on
+        # spectra of several lengths. The most common length (the first on a tie) stays.
+        keep = max(sizes, key=lambda n: (sizes.count(n), -sizes.index(n)))
+        uneven = [k for k, n in mca if n != keep]
+        mca = [(k, n) for k, n in mca if n == keep]
+        text += uneven
     wanted = [m for m in motors if m in scalars]
     if not wanted:
         wanted = [m for m in _motor_fields(start, descriptor) if m in scalars]
@@ -594,7 +620,12 @@ def scan_layout(
         del middle[lo:]
     columns = head + middle + tail
     return ScanLayout(
-        tuple(columns), tuple(labels_of(columns)), tuple(mca), tuple(text), tuple(skipped)
+        tuple(columns),
+        tuple(labels_of(columns)),
+        tuple(mca),
+        tuple(text),
+        tuple(skipped),
+        tuple(uneven),
     )
 
 
@@ -610,9 +641,10 @@ def file_header_lines(
 ) -> list[str]:
     """``#F``, ``#E``, ``#D``, ``#C`` and ``#O`` lines of file header block ``ordinal``.
 
-    Without positioners there is no ``#O`` line at all (silx reads an empty ``#O0``
-    as garbage names). The ordinal keeps two headers apart even when they are written
-    in the same second (spec2nexus merges identical header blocks).
+    The writer always gives at least one positioner (:data:`NO_POSITIONERS` when a run
+    recorded none): without ``#O`` PyMca raises, and an empty ``#O0`` silx reads as
+    garbage names. The ordinal keeps two headers apart even when they are written in
+    the same second (spec2nexus merges identical header blocks).
     """
     stem = sanitize_label(os.path.splitext(file_name)[0])
     lines = [
@@ -639,7 +671,14 @@ def scan_header_lines(
     positions: Sequence[str] = (),
     layout: ScanLayout = EMPTY_LAYOUT,
 ) -> list[str]:
-    """``#S``, ``#D``, ``#T``/``#M``, ``#C``, ``#P``, ``#@MCA``, ``#N`` and ``#L`` lines."""
+    """``#S``, ``#D``, ``#T``/``#M``, ``#C``, ``#P``, ``#@MCA``, ``#N`` and ``#L`` lines.
+
+    With MCA spectra: ``#@MCA``, then per spectrum of a row a ``#@CHANN`` line and a
+    ``#@CALIB 0 1 0`` line (no energy calibration is known: x = channel number, what
+    the readers assume without one). silx.io.open takes analyser ``i``'s calibration
+    from the ``i``-th ``#@CALIB`` whenever there is more than one ``#@CHANN``, and fails
+    (IndexError) with fewer; PyMca takes one per analyser, or a single one for all.
+    """
     lines = [f"#S {number}  {command}", f"#D {spec_date(when)}"]
     if monitor is not None:
         lines.append(f"#M {_arg(monitor[0])}  ({monitor[1]})")
@@ -650,7 +689,8 @@ def scan_header_lines(
     lines += grouped_lines("#P", list(positions), " ")
     if layout.mca:
         lines.append(f"#@MCA %{MCA_PER_LINE}C")
-        lines += [f"#@CHANN {n} 0 {n - 1} 1" for _, n in layout.mca]
+        for _, n in layout.mca:
+            lines += [f"#@CHANN {n} 0 {n - 1} 1", "#@CALIB 0 1 0"]
     lines.append(f"#N {len(layout.labels)}")
     lines.append("#L " + "  ".join(layout.labels))
     return lines
@@ -1257,6 +1297,16 @@ class SpecWriter(RunWriter):
         if state.size:
             out.append("")
         positioners, positions, notes = self._positioners()
+        current = state.positioners
+        if (
+            current
+            and tuple(positioners) != current
+            and len(positioners) == len(current)
+            and set(positioners) == set(current)
+        ):  # the same names in another order (baselines need not keep one): no new header
+            at = {name: i for i, name in enumerate(positioners)}
+            positions = [positions[at[name]] for name in current]
+            positioners = list(current)
         when = self.start_doc.get("time")
         when = float(when) if isinstance(when, int | float) else datetime.now().timestamp()
         if state.positioners is None or tuple(positioners) != state.positioners:
@@ -1313,6 +1363,11 @@ class SpecWriter(RunWriter):
                 f"{sanitize_label(key)}: array of more than {self.recorder.max_mca_channels} "
                 "values, not written here"
             )
+        for key in layout.uneven:
+            comments.append(
+                f"{sanitize_label(key)}: array of another length than the MCA spectra "
+                "(one length per scan), written as text"
+            )
         if layout.text:
             names = ", ".join(sanitize_label(k) for k in layout.text)
             comments.append(f"text values ({names}): '#C seq_num n: key = value' before row n "
@@ -1338,7 +1393,8 @@ class SpecWriter(RunWriter):
     def _positioners(self) -> tuple[list[str], list[str], list[str]]:
         """(``#O`` names, ``#P`` values, ``#C`` notes): the configured positioners or the
         baseline's numeric scalars, valued from the baseline's first reading; its other
-        values become notes."""
+        values become notes. With none, the placeholder :data:`NO_POSITIONERS` valued
+        as missing (a note says so)."""
         reading = self._baseline or {}
         configured = self.recorder.positioners
         if configured is not None:
@@ -1354,6 +1410,13 @@ class SpecWriter(RunWriter):
         names = unique_labels(keys)
         values = []
         notes = []
+        if len(keys) > MAX_POSITIONERS:  # silx misreads more (a static array)
+            notes.append(
+                f"{len(keys) - MAX_POSITIONERS} positioners beyond the first "
+                f"{MAX_POSITIONERS} are written as baseline lines (readers take at most "
+                f"{MAX_POSITIONERS})"
+            )
+            keys, names = keys[:MAX_POSITIONERS], names[:MAX_POSITIONERS]
         for key, name in zip(keys, names, strict=True):
             text = format_number(reading.get(key))
             if text is None:
@@ -1365,6 +1428,20 @@ class SpecWriter(RunWriter):
         for key, value in reading.items():
             if key not in chosen:
                 notes.append(f"baseline {sanitize_label(key)} = {comment_value(value)}")
+        if not names:
+            why = (
+                "no positioners are configured"
+                if configured is not None
+                else "the run has no baseline"
+                if not self._baseline_keys
+                else "its baseline has no numeric scalar"
+            )
+            notes.insert(
+                0,
+                f"positioner {NO_POSITIONERS} = {self.missing} is a placeholder: this run "
+                f"recorded no positioner ({why})",
+            )
+            names, values = [NO_POSITIONERS], [self.missing]
         return names, values, notes
 
 
@@ -1394,7 +1471,9 @@ class SpecRecorder(Recorder):
         start-document key it lacks (default ``"commissioning_{year_month}.spec"``).
     positioners
         Data keys of the baseline for ``#O``/``#P``, in this order, the same in every
-        scan; default: every numeric scalar of the run's baseline stream.
+        scan; default: every numeric scalar of the run's baseline stream (in the order
+        of the file's last header when the names are the same). A run with none gets
+        the placeholder ``#O0 no_positioners`` / ``#P0 <missing value>``.
     missing_value
         The number written for a missing, non-finite or non-numeric value (default
         -999999); a ``#C`` line after the row names each such value.
@@ -1432,6 +1511,11 @@ class SpecRecorder(Recorder):
         if isinstance(positioners, str):
             raise ValueError("positioners must be a list of data keys, not one string")
         self.positioners = list(positioners) if positioners is not None else None
+        if self.positioners is not None and len(self.positioners) > MAX_POSITIONERS:
+            raise ValueError(
+                f"at most {MAX_POSITIONERS} positioners (silx misreads more), "
+                f"not {len(self.positioners)}"
+            )
         if isinstance(missing_value, bool) or format_number(missing_value) is None:
             raise ValueError(f"missing_value must be a finite number, not {missing_value!r}")
         self.missing_value = missing_value

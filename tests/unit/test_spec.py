@@ -99,13 +99,12 @@ def pymca_scans(path):
     from PyMca5.PyMcaIO import specfilewrapper
 
     sf = specfilewrapper.Specfile(str(path))
+    sf.allmotors()  # the first scan's motor names: raises when it has no #O
     out = []
     for i in range(sf.scanno()):
         scan = sf[i]
-        try:  # PyMca raises SystemError for a header without #O (its GUI catches it)
-            motors, positions = list(scan.allmotors()), list(scan.allmotorpos())
-        except SystemError:
-            motors, positions = [], []
+        # SystemError (PyList_New(-1)) for a scan without #O or #P: every scan has them
+        motors, positions = list(scan.allmotors()), list(scan.allmotorpos())
         labels = list(scan.alllabels())
         try:  # PyMca raises for a scan without rows (a run with no events)...
             rows = scan.data().T.tolist() if scan.lines() else []
@@ -438,14 +437,21 @@ def test_one_dimensional_arrays_are_mca_spectra(tmp_path, capfd):
     keys = {
         "x": number_key(),
         "spec1": number_key("array", [20]),
-        "spec2": number_key("array", [5]),
+        "spec2": number_key("array", [20]),
+        "short": number_key("array", [5]),
         "det": number_key(),
     }
     rows = [
-        {"x": float(i), "spec1": list(range(i, i + 20)), "spec2": [0.5 * i] * 5, "det": 1.0}
+        {
+            "x": float(i),
+            "spec1": list(range(i, i + 20)),
+            "spec2": [0.5 * i] * 20,
+            "short": [i] * 5,
+            "det": 1.0,
+        }
         for i in range(3)
     ]
-    rows[1]["spec2"] = [1.0, float("nan"), 2.0, 3.0, 4.0]
+    rows[1]["spec2"] = [1.0, float("nan"), *range(2, 20)]
     docs = compose({"scan_id": 1, "plan_name": "count", "detectors": ["det"]},
                    {"primary": (keys, rows)})  # fmt: skip
     path = one_path(tmp_path, docs)
@@ -453,9 +459,32 @@ def test_one_dimensional_arrays_are_mca_spectra(tmp_path, capfd):
     assert len(scan["rows"]) == 3 and scan["labels"] == ["Epoch", "x", "det"]
     assert len(scan["mca"]) == 6  # two spectra per row, in the order of #C MCA lines
     assert scan["mca"][0] == [float(v) for v in range(20)]
-    assert scan["mca"][3] == [1.0, -999999.0, 2.0, 3.0, 4.0]
+    assert scan["mca"][3] == [1.0, -999999.0, *map(float, range(2, 20))]
+    written = [[1.0, -999999.0, *range(2, 20)] if r == 1 else rows[r]["spec2"] for r in range(3)]
     text = Path(path).read_text()
-    assert "#@CHANN 20 0 19 1\n#@CHANN 5 0 4 1" in text and "#C MCA 1: spec2 (5 channels)" in text
+    assert "#@CHANN 20 0 19 1\n#@CALIB 0 1 0\n#@CHANN 20 0 19 1\n#@CALIB 0 1 0\n" in text
+    assert "#C MCA 1: spec2 (20 channels)" in text
+    # spec2nexus's converter fails on spectra of several lengths: "short" is text
+    assert "#C short: array of another length than the MCA spectra" in text
+    assert "#C seq_num 1: short = [0,0,0,0,0]\n" in text
+    # silx.io.open (SpecH5) gives analyser i the i-th #@CALIB when there are several
+    # #@CHANN, and failed (IndexError) with fewer #@CALIB lines than analysers
+    import silx.io
+
+    with silx.io.open(str(path)) as f:
+        for i, expected in enumerate([[r["spec1"] for r in rows], written]):
+            assert f[f"1.1/measurement/mca_{i}/data"][()].tolist() == expected
+            assert f[f"1.1/instrument/mca_{i}/calibration"][()].tolist() == [0.0, 1.0, 0.0]
+            assert f[f"1.1/instrument/mca_{i}/channels"][()].tolist() == list(range(20))
+    # PyMca: "scan.order.point.analyser" (from 1), calibration per analyser
+    from PyMca5.PyMcaCore.SpecFileDataSource import SpecFileDataSource
+
+    source = SpecFileDataSource(str(path))
+    for point in (1, 2, 3):
+        for det, expected in ((1, rows[point - 1]["spec1"]), (2, written[point - 1])):
+            mca = source.getDataObject(f"1.1.{point}.{det}")
+            assert mca.y[0].tolist() == expected
+            assert mca.info["McaCalib"] == [0.0, 1.0, 0.0]
 
 
 @pytest.mark.parametrize("make", [ad_hdf5_run, stream_resource_run])
@@ -668,3 +697,101 @@ def test_value_types_change_between_rows(tmp_path, capfd):
         (scan,) = read_spec(path, capfd)
         assert [r[-1] for r in scan["rows"]] == [1.0, 2.5, 3.0, 0.5, 1.0, -999999.0, 7.0, 1e-300]
         assert "det=NaN" in Path(path).read_text()
+
+
+# -- what the readers need (regressions from exporting whole beamline runs) -------------
+
+
+def baseline_run(scan_id, baseline, *, mca=False):
+    """A count with ``baseline`` values (a dict; None: no baseline stream) and, with
+    ``mca``, three 1-D arrays per event (several MCA analysers)."""
+    keys = {"det": number_key()}
+    rows = [{"det": 1.0}, {"det": 2.0}]
+    if mca:
+        for k, n in (("mca1", 4), ("mca2", 3), ("mca3", 4)):
+            keys[k] = number_key("array", [n])
+            for r, row in enumerate(rows):
+                row[k] = [float(10 * r + c) for c in range(n)]
+    streams = {"primary": (keys, rows)}
+    if baseline is not None:
+        streams = {"baseline": ({k: number_key() for k in baseline}, [baseline]), **streams}
+    return compose({"scan_id": scan_id, "plan_name": "count", "detectors": ["det"]}, streams)
+
+
+def test_a_run_without_positioners_gets_a_placeholder_pymca_can_read(tmp_path, capfd):
+    """PyMca's allmotors()/allmotorpos() raised SystemError (PyList_New(-1)) for a scan
+    without #O/#P, and Specfile.allmotors() raised when the first scan had none."""
+    runs = [
+        scalar_run(2, baseline=False),
+        scalar_run(2, scan_id=2),
+        scalar_run(2, baseline=False, scan_id=3),
+    ]
+    path = one_path(tmp_path, *runs)
+    scans = read_spec(path, capfd)  # PyMca: per scan and for the file, nothing raises
+    assert [s["motors"] for s in scans] == [["no_positioners"], ["energy"], ["no_positioners"]]
+    assert [s["positions"] for s in scans] == [[-999999.0], [8.0], [-999999.0]]
+    text = Path(path).read_text()
+    assert text.count("#O0 no_positioners\n") == 2 and text.count("#F ") == 3
+    assert text.count("#C positioner no_positioners = -999999 is a placeholder: this run "
+                      "recorded no positioner (the run has no baseline)") == 2  # fmt: skip
+
+
+def test_the_same_positioners_in_another_order_keep_the_file_header(tmp_path, capfd):
+    runs = [
+        baseline_run(1, {"th": 1.0, "tth": 2.0}),
+        baseline_run(2, {"tth": 4.0, "th": 3.0}),
+    ]
+    path = one_path(tmp_path, *runs)
+    scans = read_spec(path, capfd)
+    assert [s["motors"] for s in scans] == [["th", "tth"], ["th", "tth"]]
+    assert [s["positions"] for s in scans] == [[1.0, 2.0], [3.0, 4.0]]
+    assert Path(path).read_text().count("#F ") == 1
+
+
+def test_at_most_300_positioners(tmp_path, capfd):
+    """silx reads #P into a static array of 300: 320 positions gave a wrong value, 1000
+    a crash."""
+    baseline = {f"p{i}": float(i) for i in range(310)}
+    path = one_path(tmp_path, baseline_run(1, baseline))
+    (scan,) = read_spec(path, capfd)
+    assert scan["motors"] == [f"p{i}" for i in range(300)]
+    assert scan["positions"] == [float(i) for i in range(300)]
+    text = Path(path).read_text()
+    assert "#C baseline p309 = 309.0\n" in text and "#C 10 positioners beyond the first" in text
+    with pytest.raises(ValueError, match="at most 300 positioners"):
+        SpecRecorder(data_root=tmp_path, positioners=[f"p{i}" for i in range(301)])
+
+
+def test_names_keep_the_255_characters_silx_and_pymca_read(tmp_path, capfd):
+    """Their C parser cuts a #L or #O name at 255 characters, spec2nexus does not."""
+    long = "x" * 300
+    assert len(sanitize_label(long)) == 255
+    assert [len(n) for n in unique_labels([long, long + " "])] == [255, 255]
+    keys = {long: number_key(), long + "_": number_key(), "det": number_key()}
+    rows = [{long: 1.0, long + "_": 2.0, "det": 3.0}]
+    streams = {"baseline": ({long: number_key()}, [{long: 5.0}]), "primary": (keys, rows)}
+    docs = compose({"scan_id": 1, "plan_name": "count", "detectors": ["det"]}, streams)
+    path = one_path(tmp_path, docs)
+    (scan,) = read_spec(path, capfd)
+    assert [len(label) for label in scan["labels"]] == [5, 255, 255, 3]
+    assert scan["motors"] == ["x" * 255] and scan["positions"] == [5.0]
+
+
+def test_every_reader_of_the_shared_check_agrees_on_headers_mca_and_empty_scans(tmp_path):
+    """tests/readers.py on what real runs hold: file header blocks with other positioners
+    (PyMca names a scan's motors from its own block), several MCA analysers per row
+    (silx.io.open: groups measurement/mca_<i>, one #@CALIB each), a run without events
+    (PyMca: lines() raises), runs without a baseline."""
+    from readers import spec_problems
+
+    empty = compose({"scan_id": 5, "plan_name": "count"}, {"primary": ({"det": number_key()}, [])})
+    runs = [
+        baseline_run(1, {"a": 1.0, "b": 2.0}),
+        baseline_run(2, {"c": 3.0, "d": 4.0, "e": 5.0}, mca=True),
+        baseline_run(3, None, mca=True),
+        baseline_run(4, {"a": 6.0, "b": 7.0}),
+        empty,
+    ]
+    path = one_path(tmp_path, *runs)
+    assert Path(path).read_text().count("#F ") == 5
+    assert spec_problems(path) == []
