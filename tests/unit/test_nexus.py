@@ -624,3 +624,52 @@ def test_every_file_written_above_passes_every_reader(tmp_path):
     found = nexus_problems_many([p for p in WRITTEN if os.path.exists(p)])
     problems = [f"{os.path.basename(p)}: {m}" for p, ms in found.items() for m in ms]
     assert problems == []
+
+
+def test_non_hdf5_detector_data_is_kept_as_references(tmp_path):
+    """ophyd.sim's ``img`` writes NPY_SEQ files: not linkable, so referenced per event."""
+    from bluesky.plans import count
+    from ophyd.sim import img
+
+    saved, img.save_path = img.save_path, str(tmp_path / "data" / "npy")
+    os.makedirs(img.save_path)
+    try:
+        path = run_plan(tmp_path, count([img], 3))
+    finally:
+        img.save_path = saved
+    with h5py.File(path, "r") as f:
+        refs = f["entry/instrument/bluesky/external/primary/img"]
+        assert refs["seq_start"][()].tolist() == [1, 2, 3]
+        assert refs["seq_stop"][()].tolist() == [2, 3, 4]
+        paths = decode_rows(refs["path"][()])
+        assert all(p.startswith(str(tmp_path / "data" / "npy")) for p in paths)
+        assert "img" not in f["entry/instrument/bluesky/streams/primary"]  # nothing copied
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time, h5py
+    f = h5py.File(sys.argv[1], "a")  # the detector's writer keeps its file open
+    print("open", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_detector_file_held_by_its_writer_never_blocks_the_run(tmp_path):
+    docs = ad_hdf5_run(tmp_path / "data" / "det")
+    (det_file,) = (tmp_path / "data" / "det").iterdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(det_file)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        path = write_run(tmp_path, docs)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with h5py.File(path, "r") as f:
+        ds = f["entry/instrument/bluesky/streams/primary/cam_image"]
+        assert ds.shape == (3, 2, 8, 10) and ds.dtype == np.uint16  # read from the file
+        assert ds[2, 1].tolist() == (np.arange(5 * 80, 6 * 80).reshape(8, 10)).tolist()
