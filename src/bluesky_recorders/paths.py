@@ -365,7 +365,8 @@ class DirectoryPolicy:
         missing = []
         level = target
         while not level.is_dir():
-            if level.exists() or level.is_symlink():
+            # another recorder's thread may create it between the two checks: look again
+            if level.is_symlink() or (level.exists() and not level.is_dir()):
                 raise PathPolicyError(f"cannot create the directory {target}: {level} is not one")
             missing.append(level)
             if level.parent == level:

@@ -481,3 +481,28 @@ def test_apply_file_for_files_libraries_create(tmp_path):
 
 def test_file_name_is_on_the_policy_too():
     assert DirectoryPolicy.file_name("{plan_name}.nxs", start()) == "count.nxs"
+
+
+def test_many_threads_creating_the_same_directories_all_succeed(tmp_path):
+    """Recorders run on their own threads and prepare the same run directory at once."""
+    import threading
+
+    policy = DirectoryPolicy()
+    errors = []
+    barrier = threading.Barrier(8)
+
+    def make(i):
+        barrier.wait()
+        try:
+            for depth in range(20):
+                policy.make_dirs(tmp_path, tmp_path / "a" / str(depth) / "b" / "c")
+        except Exception as err:  # noqa: BLE001 - collected for the assertion
+            errors.append(err)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all((tmp_path / "a" / str(d) / "b" / "c").is_dir() for d in range(20))
