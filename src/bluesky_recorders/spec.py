@@ -910,12 +910,27 @@ def _open_append(path: Path, policy: DirectoryPolicy, root: Path) -> tuple[io.Fi
 
 # -- the writer -------------------------------------------------------------------------
 
+#: Streams that never make rows: the baseline, and the metadata service's one-event stream.
+_SECONDARY_STREAMS = frozenset({"baseline", "metadata"})
+
+
+def _hinted_streams(start: Mapping[str, Any]) -> set[str]:
+    """The stream names of ``start["hints"]["dimensions"]``."""
+    dims = (start.get("hints") or {}).get("dimensions") if isinstance(start, Mapping) else None
+    out = set()
+    for dim in dims or []:
+        if isinstance(dim, (list, tuple)) and len(dim) == 2 and isinstance(dim[1], str):
+            out.add(dim[1])
+    return out
+
 
 class SpecWriter(RunWriter):
     """Appends one run to the experiment's SPEC file as one scan (see the module docstring).
 
-    The scan header is written at the first event of the main stream (``primary``, else
-    the first other stream not named ``baseline`` or ``*_monitor``), when the baseline's
+    The scan header is written at the first event of the main stream (the stream the
+    plan's ``hints.dimensions`` name, ``primary`` for bluesky's plans; without hints
+    ``primary``, else the first other stream not named ``baseline``, ``metadata`` or
+    ``*_monitor``), when the baseline's
     first reading is known for ``#P``, or at the stop; then each event is one row,
     flushed. Events of other streams are ``#C`` lines. When another run wrote to the file
     in between (a run without a stop document, concurrent runs) or the main stream's
@@ -1081,7 +1096,12 @@ class SpecWriter(RunWriter):
             return True
         stream = self._stream_of.get(desc, "")
         if self._main_stream is None:
-            if stream == "baseline" or stream.endswith("_monitor"):
+            if stream in _SECONDARY_STREAMS or stream.endswith("_monitor"):
+                return False
+            # the streams the plan's hints name (bluesky plans: "primary") are the rows;
+            # without hints, "primary", else the first other stream that has events
+            named = _hinted_streams(self.start_doc)
+            if named and stream not in named:
                 return False
             if stream != "primary" and "primary" in self._stream_of.values():
                 return False

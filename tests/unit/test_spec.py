@@ -331,6 +331,30 @@ def test_scalar_runs_appended_to_one_file(tmp_path, capfd):
     assert f"#C uid = {runs[1][0][1]['uid']}" in text
 
 
+@pytest.mark.parametrize("hinted", [True, False])
+def test_the_metadata_stream_before_primary_never_makes_the_rows(tmp_path, capfd, hinted):
+    """The metadata service's one-event stream comes first in every run (bsrec demo)."""
+    metadata = {"scan_id": 1, "plan_name": "scan", "motors": ["m"], "detectors": ["d"]}
+    if hinted:
+        metadata["hints"] = {"dimensions": [[["m"], "primary"]]}
+    docs = compose(
+        metadata,
+        {
+            "metadata": (
+                {"metadata_updated": {**number_key("string")}},
+                [{"metadata_updated": "t"}],
+            ),
+            "primary": (
+                {"m": number_key(), "d": number_key()},
+                [{"m": i, "d": 10 * i} for i in range(3)],
+            ),
+        },
+    )
+    (scan,) = read_spec(one_path(tmp_path, docs), capfd)
+    assert scan["labels"] == ["m", "Epoch", "d"]
+    assert [r[-1] for r in scan["rows"]] == [0.0, 10.0, 20.0]
+
+
 def test_a_real_runengine_scan_grid_scan_baseline_and_monitor(tmp_path, capfd):
     from bluesky import RunEngine
     from bluesky.plans import count, grid_scan, scan
