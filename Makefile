@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 # h5ls and nxtraverse read our NeXus files in the tests; g++ builds PyMca5's fisx.
 APT_PACKAGES := hdf5-tools nexus-tools g++
 
-.PHONY: all install apt demo test lint bench clean
+.PHONY: all install apt demo test lint bench bench-venv clean
 
 all: test
 
@@ -39,8 +39,23 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-bench: install
+# apstools >= 1.6 (NXWriter, the anchor of bench_nexus.py) pins databroker < 2: it gets
+# an environment of its own, which bench_nexus.py runs its side in.
+ANCHORS      := .venv-anchors
+ANCHOR_STAMP := $(ANCHORS)/.installed-stamp
+
+$(ANCHOR_STAMP):
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	$(PYTHON) -m venv $(ANCHORS)
+	$(ANCHORS)/bin/pip install --quiet --upgrade pip
+	$(ANCHORS)/bin/pip install --quiet "apstools>=1.6" h5py
+	touch $(ANCHOR_STAMP)
+
+bench-venv: $(ANCHOR_STAMP)
+
+bench: install bench-venv
 	$(BIN)/python benchmarks/bench_framework.py
+	$(BIN)/python benchmarks/bench_nexus.py
 
 clean:
 	rm -rf demo-data .pytest_cache .ruff_cache build dist src/*.egg-info
