@@ -56,6 +56,7 @@ Format logic is in pure functions (:mod:`bluesky_recorders.nexus_layout`);
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -117,11 +118,15 @@ _STR = h5py.string_dtype("utf-8")
 #: File format bounds for SWMR: the oldest that allows it, readable by HDF5 1.10 tools.
 _SWMR_LIBVER = ("v110", "v110")
 _CHUNK = 1024
+#: Rows a stream keeps in memory at most before they are written (a fast run is
+#: written in blocks of this size, not all at the next flush).
+_MAX_BUFFERED = 8192
 #: Columns of an external-data reference table (one row per ExternalFrames).
 _REFERENCE_NUMBERS = ("seq_start", "seq_stop", "frame_start", "frame_stop")
 _REFERENCE_TEXTS = ("path", "dataset", "source_path")
 
 
+@functools.cache
 def _program_version() -> str:
     try:
         return version("bluesky-recorders")
@@ -129,6 +134,7 @@ def _program_version() -> str:
         return "unknown"
 
 
+@functools.cache
 def _bluesky_version() -> str:
     try:
         return version("bluesky")
@@ -596,6 +602,8 @@ class NexusWriter(RunWriter):
             stream.stamps[key].append(stamps.get(key))
         stream.times.append(doc["time"])
         stream.seqs.append(doc["seq_num"])
+        if len(stream.seqs) >= _MAX_BUFFERED:
+            self._write_pending()
         if time.monotonic() - self._last_flush >= self.recorder.flush_interval:
             self._flush()
 
@@ -616,6 +624,8 @@ class NexusWriter(RunWriter):
             stream.stamps[key].extend(ts if ts is not None and len(ts) == n else _padded(ts, n))
         stream.times.extend(doc["time"])
         stream.seqs.extend(seqs)
+        if len(stream.seqs) >= _MAX_BUFFERED:
+            self._write_pending()
         if time.monotonic() - self._last_flush >= self.recorder.flush_interval:
             self._flush()
 

@@ -287,17 +287,27 @@ def frame_mappings(
 ) -> list[tuple[int, int, ExternalFrames, int, int]]:
     """``(point_start, point_stop, record, frame_start, frame_stop)`` blocks for a VDS.
 
-    Points are ``seq_num - 1``. A record covering several events with one
-    frame each is one block; with several frames per point, one block per point.
+    Points are ``seq_num - 1``. With one frame per point, records that continue one
+    another (next points, next frames of the same file and dataset) are one block, so a
+    detector file of N frames announced by N datums is one mapping; with several frames
+    per point, there is one block per point.
     """
-    out = []
+    out: list[tuple[int, int, ExternalFrames, int, int]] = []
     for rec in records:
         points = rec.seq_stop - rec.seq_start
         if points <= 0:
             continue
         per = max(1, (rec.frame_stop - rec.frame_start) // points)
         if per == 1:
-            out.append((rec.seq_start - 1, rec.seq_stop - 1, rec, rec.frame_start, rec.frame_stop))
+            block = (rec.seq_start - 1, rec.seq_stop - 1, rec, rec.frame_start, rec.frame_stop)
+            if out:
+                p0, p1, prev, f0, f1 = out[-1]
+                same = (prev.path, prev.dataset) == (rec.path, rec.dataset)
+                one_each = (p1 - p0) == (f1 - f0)
+                if same and one_each and p1 == block[0] and f1 == block[3]:
+                    out[-1] = (p0, block[1], prev, f0, block[4])
+                    continue
+            out.append(block)
             continue
         for i in range(points):
             f0 = rec.frame_start + i * per

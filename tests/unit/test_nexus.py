@@ -83,6 +83,26 @@ def test_default_plot_from_hints():
     assert default_plot({}, {"data_keys": {}}) is None
 
 
+def test_frame_mappings_merge_frames_that_continue_one_another():
+    from bluesky_recorders.external import ExternalFrames
+    from bluesky_recorders.nexus_layout import frame_mappings
+
+    def rec(seq, frame, path="a.h5", per=1):
+        return ExternalFrames(
+            "d", "k", seq, seq + 1, path, path, "application/x-hdf5", "/x",
+            frame, frame + per, per,
+        )  # fmt: skip
+
+    merged = frame_mappings([rec(1, 0), rec(2, 1), rec(3, 2), rec(4, 0, "b.h5"), rec(5, 5)])
+    assert [(b[0], b[1], b[2].path, b[3], b[4]) for b in merged] == [
+        (0, 3, "a.h5", 0, 3),
+        (3, 4, "b.h5", 0, 1),
+        (4, 5, "a.h5", 5, 6),
+    ]
+    per_two = frame_mappings([rec(1, 0, per=2), rec(2, 2, per=2)])
+    assert [(b[0], b[1], b[3], b[4]) for b in per_two] == [(0, 1, 0, 2), (1, 2, 2, 4)]
+
+
 # -- files ------------------------------------------------------------------------
 
 
