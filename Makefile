@@ -56,6 +56,7 @@ bench-venv: $(ANCHOR_STAMP)
 bench: install bench-venv
 	$(BIN)/python benchmarks/bench_framework.py
 	$(BIN)/python benchmarks/bench_nexus.py
+	$(BIN)/python benchmarks/bench_spec.py
 
 clean:
 	rm -rf demo-data .pytest_cache .ruff_cache build dist src/*.egg-info
