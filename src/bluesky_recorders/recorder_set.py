@@ -46,6 +46,15 @@ _POLL_INTERVAL = 0.01
 _LIVE_DRAIN_LIMIT = 10.0
 
 
+def _weight(name: str, doc: Mapping[str, Any]) -> int:
+    """A document's share of a queue: its rows for pages, else 1."""
+    if name == "event_page":
+        return max(1, len(doc.get("seq_num", ())))
+    if name == "datum_page":
+        return max(1, len(doc.get("datum_id", ())))
+    return 1
+
+
 class _Worker:
     """A recorder's thread and its bounded queue.
 
@@ -65,6 +74,9 @@ class _Worker:
         self._cond = threading.Condition()
         self._enqueued = 0  # written by the producer only
         self._done = 0  # written by this worker's thread only
+        # the queue's size in rows (a page counts its rows), so that memory is bounded
+        self._rows_in = 0  # written by the producer only
+        self._rows_out = 0  # written by this worker's thread only
         self._waiting = False  # a producer waits for progress (drain or room)
         self._report = report
         self.thread = threading.Thread(
@@ -77,12 +89,14 @@ class _Worker:
         return self._enqueued - self._done
 
     def put(self, name: str, doc: Mapping[str, Any]) -> None:
-        if len(self._items) >= self.maxsize:
+        if self._rows_in - self._rows_out >= self.maxsize:
             if self.recorder.when_full == "drop" and name not in _NEVER_DROPPED:
                 self.dropped += 1
                 return
-            self._wait_for(lambda: len(self._items) < self.maxsize, None)
-        self._items.append((name, doc))
+            self._wait_for(lambda: self._rows_in - self._rows_out < self.maxsize, None)
+        weight = _weight(name, doc)
+        self._items.append((name, doc, weight))
+        self._rows_in += weight
         self._enqueued += 1
 
     def _loop(self) -> None:
@@ -95,7 +109,7 @@ class _Worker:
                 if item is _CLOSE:
                     self._progress()
                     return
-                name, doc = item
+                name, doc, weight = item
                 try:
                     self.recorder.process(name, doc)
                 except RecorderError as err:
@@ -105,6 +119,7 @@ class _Worker:
                         self.recorder,
                         RecorderError(self.recorder.name, cause=err, doc_name=name),
                     )
+                self._rows_out += weight
                 self._done += 1
                 if self._waiting:
                     self._progress()

@@ -154,6 +154,28 @@ def test_block_policy_waits_for_room_and_loses_nothing():
     rs.close()
 
 
+def test_a_page_counts_its_rows_in_the_queue():
+    """Memory stays bounded in fly scans: queue_size counts rows, not documents."""
+    rec = SlowRecorder(name="live", on_error="warn", when_full="drop", queue_size=10)
+    rec.gate = threading.Event()  # the writer is stuck until the gate opens
+    rs = RecorderSet([rec])
+    docs = scalar_run(40, pages=True, baseline=False)  # one page of 40 rows
+    page = next(d for n, d in docs if n == "event_page")
+    half = {**page, **{k: page[k][:20] for k in ("seq_num", "time", "uid")}}
+    half["data"] = {k: v[:20] for k, v in page["data"].items()}
+    half["timestamps"] = {k: v[:20] for k, v in page["timestamps"].items()}
+    rest = {**page, **{k: page[k][20:] for k in ("seq_num", "time", "uid")}}
+    rest["data"] = {k: v[20:] for k, v in page["data"].items()}
+    rest["timestamps"] = {k: v[20:] for k, v in page["timestamps"].items()}
+    head = [(n, d) for n, d in docs if n in ("start", "descriptor")]
+    feed(rs, [*head, ("event_page", half), ("event_page", rest)])
+    rec.gate.set()
+    feed(rs, docs[-1:])
+    # the first page (20 rows) filled the queue of 10 rows: the second was dropped
+    assert rec.done[docs[0][1]["uid"]] == list(range(1, 21))
+    rs.close()
+
+
 def test_a_document_breaking_the_schema_is_refused_with_name_and_uid():
     rec = SlowRecorder()
     rs = RecorderSet([rec])
