@@ -94,10 +94,15 @@ class _Worker:
                 self.dropped += 1
                 return
             self._wait_for(lambda: self._rows_in - self._rows_out < self.maxsize, None)
+            full = True
+        else:
+            full = False
         weight = _weight(name, doc)
         self._items.append((name, doc, weight))
         self._rows_in += weight
         self._enqueued += 1
+        if full:  # the thread may have gone to sleep meanwhile: it has work now
+            self._wake.set()
 
     def _loop(self) -> None:
         items = self._items
