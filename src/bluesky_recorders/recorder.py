@@ -106,7 +106,7 @@ class Recorder:
         name: str | None = None,
         on_error: OnError | None = None,
         threaded: bool = True,
-        queue_size: int = 10_000,
+        queue_size: int = 2_000,
         when_full: WhenFull | None = None,
         path_map: Mapping[str, str] | PathMap | None = None,
     ) -> None:
