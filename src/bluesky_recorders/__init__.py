@@ -30,7 +30,7 @@ from .paths import (
     run_directory,
     safe_name,
 )
-from .recorder import Recorder, RunWriter
+from .recorder import FileRecorder, Recorder, RunWriter
 from .recorder_set import RecorderSet
 from .runlog import RunLog, RunRecord
 
@@ -70,6 +70,7 @@ __all__ = [
     "DirectoryPolicy",
     "DrainTimeoutError",
     "ExternalFrames",
+    "FileRecorder",
     "JsonlRecorder",
     "MetadataService",
     "MetadataUnavailableError",

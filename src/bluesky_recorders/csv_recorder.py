@@ -14,14 +14,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
-from .external import ExternalFrames, PathMap
-from .paths import DirectoryPolicy, safe_name
-from .recorder import Recorder, RunWriter
+from .external import ExternalFrames
+from .paths import safe_name
+from .recorder import FileRecorder, RunWriter
 
 __all__ = ["CsvRecorder", "csv_cell", "frames_reference"]
 
@@ -126,7 +124,7 @@ def _fields(frames: ExternalFrames) -> dict[str, Any]:
     return {name: getattr(frames, name) for name in frames.__dataclass_fields__}
 
 
-class CsvRecorder(Recorder):
+class CsvRecorder(FileRecorder):
     """One CSV file per stream of each run (see the module docstring).
 
     data_root
@@ -138,24 +136,5 @@ class CsvRecorder(Recorder):
     """
 
     kind = "csv"
-    saves_data = True
     writer_class = CsvWriter
-
-    def __init__(
-        self,
-        *,
-        data_root: str | os.PathLike[str] | None = None,
-        policy: DirectoryPolicy | None = None,
-        file_template: str = "{scan_id:05d}_{plan_name}_{uid:.8}",
-        path_map: Mapping[str, str] | PathMap | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(path_map=path_map, **kwargs)
-        if data_root is None:
-            raise ValueError("a csv recorder needs a data_root")
-        self.data_root = Path(os.path.expanduser(os.fspath(data_root))).absolute()
-        self.policy = policy or DirectoryPolicy()
-        self.file_template = file_template
-
-    def make_writer(self, start: Mapping[str, Any]) -> CsvWriter:
-        return CsvWriter(start, self)
+    default_template = "{scan_id:05d}_{plan_name}_{uid:.8}"

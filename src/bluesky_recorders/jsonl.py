@@ -30,13 +30,10 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import IO, Any, Literal
 
-from .errors import DocumentError, RecorderError
-from .external import PathMap
-from .paths import DirectoryPolicy
-from .recorder import Recorder, RunWriter
+from .errors import DocumentError
+from .recorder import DOCUMENT_NAMES, FileRecorder, RunWriter
 
 __all__ = [
     "DOCUMENT_NAMES",
@@ -50,21 +47,6 @@ __all__ = [
 
 log = logging.getLogger("bluesky_recorders.jsonl")
 
-#: The document names of the event model, the only ones a stream may hold.
-DOCUMENT_NAMES = frozenset(
-    {
-        "start",
-        "descriptor",
-        "event",
-        "event_page",
-        "resource",
-        "datum",
-        "datum_page",
-        "stream_resource",
-        "stream_datum",
-        "stop",
-    }
-)
 
 Errors = Literal["raise", "collect"]
 
@@ -318,7 +300,7 @@ class JsonlWriter(RunWriter):
             fh.close()
 
 
-class JsonlRecorder(Recorder):
+class JsonlRecorder(FileRecorder):
     """Every document of every run, raw, one ``[name, doc]`` JSON line each.
 
     data_root
@@ -335,34 +317,5 @@ class JsonlRecorder(Recorder):
     """
 
     kind = "jsonl"
-    saves_data = True
     writer_class = JsonlWriter
-
-    def __init__(
-        self,
-        *,
-        data_root: str | os.PathLike[str] | None = None,
-        policy: DirectoryPolicy | None = None,
-        file_template: str = "{scan_id:05d}_{plan_name}_{uid:.8}.jsonl",
-        path_map: Mapping[str, str] | PathMap | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(path_map=path_map, **kwargs)
-        if data_root is None:
-            raise ValueError("a jsonl recorder needs a data_root")
-        self.data_root = Path(os.path.expanduser(os.fspath(data_root))).absolute()
-        self.policy = policy or DirectoryPolicy()
-        self.file_template = file_template
-
-    def make_writer(self, start: Mapping[str, Any]) -> JsonlWriter:
-        try:
-            return JsonlWriter(start, self)
-        except Exception as err:  # no file yet, or it exists: name it
-            raise RecorderError(
-                self.name,
-                cause=err,
-                run_uid=start.get("uid", ""),
-                path=getattr(err, "filename", "") or "",
-                doc_name="start",
-                doc_uid=start.get("uid", ""),
-            ) from err
+    default_template = "{scan_id:05d}_{plan_name}_{uid:.8}.jsonl"

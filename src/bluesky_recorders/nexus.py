@@ -71,8 +71,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import RecorderError
-from .external import ExternalFrames, PathMap
+from .external import ExternalFrames
 from .nexus_layout import (
     RESERVED_INSTRUMENT_NAMES,
     ColumnSpec,
@@ -89,8 +88,7 @@ from .nexus_layout import (
     text_rows,
     to_text,
 )
-from .paths import DirectoryPolicy
-from .recorder import Recorder, RunWriter
+from .recorder import FileRecorder, RunWriter
 
 __all__ = [
     "NexusRecorder",
@@ -999,7 +997,7 @@ def _write_experiment(entry: h5py.Group, experiment: Mapping[str, Any]) -> None:
         _set_text(note, "description", described["description"])
 
 
-class NexusRecorder(Recorder):
+class NexusRecorder(FileRecorder):
     """One NeXus HDF5 file per run, written while the run goes on.
 
     data_root
@@ -1022,40 +1020,12 @@ class NexusRecorder(Recorder):
     """
 
     kind = "nexus"
-    saves_data = True
     writer_class = NexusWriter
+    default_template = "{scan_id:05d}_{plan_name}_{uid:.8}.nxs"
 
-    def __init__(
-        self,
-        *,
-        data_root: str | os.PathLike[str] | None = None,
-        policy: DirectoryPolicy | None = None,
-        file_template: str = "{scan_id:05d}_{plan_name}_{uid:.8}.nxs",
-        flush_interval: float = 1.0,
-        swmr: bool = False,
-        path_map: Mapping[str, str] | PathMap | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(path_map=path_map, **kwargs)
-        if data_root is None:
-            raise ValueError("a nexus recorder needs a data_root")
-        self.data_root = Path(os.path.expanduser(os.fspath(data_root))).absolute()
-        self.policy = policy or DirectoryPolicy()
-        self.file_template = file_template
+    def __init__(self, *, flush_interval: float = 1.0, swmr: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.flush_interval = float(flush_interval)
         self.swmr = bool(swmr)
         if not self.flush_interval >= 0:
             raise ValueError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
-
-    def make_writer(self, start: Mapping[str, Any]) -> NexusWriter:
-        try:
-            return NexusWriter(start, self)
-        except Exception as err:  # no file yet, or it exists: name it
-            raise RecorderError(
-                self.name,
-                cause=err,
-                run_uid=start.get("uid", ""),
-                path=getattr(err, "filename", "") or "",
-                doc_name="start",
-                doc_uid=start.get("uid", ""),
-            ) from err

@@ -33,7 +33,7 @@ from typing import Any
 import h5py
 
 from .errors import DocumentError
-from .nexus_layout import decode_rows
+from .nexus_layout import decode_rows, safe_key
 
 __all__ = ["NexusRun", "documents_from_nexus", "event_uid", "read_nexus_run"]
 
@@ -135,10 +135,7 @@ def _note_key(note: h5py.Group, keys: Mapping[str, Any]) -> str | None:
     name = note.name.rsplit("/", 1)[1]
     if name in keys:
         return name
-    for key in keys:
-        if key.replace("/", "_") == name:
-            return key
-    return None
+    return next((key for key in keys if safe_key(key) == name), None)
 
 
 def read_nexus_run(path: str | os.PathLike[str]) -> NexusRun:

@@ -16,21 +16,25 @@ queue.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import event_model
 
 from .errors import DocumentError, RecorderError
 from .external import AssetIndex, ExternalFrames, PathMap
+from .paths import DirectoryPolicy
 
-__all__ = ["Recorder", "RunWriter", "OnError", "WhenFull"]
+__all__ = ["DOCUMENT_NAMES", "FileRecorder", "OnError", "Recorder", "RunWriter", "WhenFull"]
 
 OnError = Literal["abort", "warn"]
 WhenFull = Literal["block", "drop"]
 
-_KNOWN_DOCS = frozenset(
+#: The document names of the event model, the only ones a stream may hold.
+DOCUMENT_NAMES = frozenset(
     {
         "start",
         "descriptor",
@@ -178,7 +182,7 @@ class Recorder:
 
     def process(self, name: str, doc: Mapping[str, Any]) -> None:
         """Handle one document; any failure is raised as a RecorderError."""
-        if name not in _KNOWN_DOCS:
+        if name not in DOCUMENT_NAMES:
             raise RecorderError(
                 self.name,
                 cause=DocumentError(f"unknown document name {name!r}", name=name),
@@ -399,3 +403,35 @@ def _uid(doc: Mapping[str, Any]) -> str:
                 return str(value[0]) if value else ""
             return str(value)
     return ""
+
+
+class FileRecorder(Recorder):
+    """A recorder writing files under a data root: the options every such recorder has.
+
+    data_root
+        Root of the data directories (required); a run's files go into its experiment
+        directory (:func:`~bluesky_recorders.paths.run_directory`).
+    policy
+        The :class:`~bluesky_recorders.paths.DirectoryPolicy` creating directories and
+        files (create-only, group and modes).
+    file_template
+        File name from the start document (default: the class's ``default_template``).
+    """
+
+    saves_data = True
+    default_template: ClassVar[str] = "{scan_id:05d}_{plan_name}_{uid:.8}"
+
+    def __init__(
+        self,
+        *,
+        data_root: str | os.PathLike[str] | None = None,
+        policy: DirectoryPolicy | None = None,
+        file_template: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if data_root is None:
+            raise ValueError(f"a {self.kind} recorder needs a data_root")
+        self.data_root = Path(os.path.expanduser(os.fspath(data_root))).absolute()
+        self.policy = policy or DirectoryPolicy()
+        self.file_template = self.default_template if file_template is None else file_template

@@ -58,10 +58,9 @@ from pathlib import Path
 from typing import Any
 
 from .console import _motor_fields, count_time, plan_length
-from .errors import RecorderError
-from .external import ExternalFrames, PathMap
+from .external import ExternalFrames
 from .paths import DirectoryPolicy, PathExistsError, PathPolicyError, ensure_inside
-from .recorder import Recorder, RunWriter
+from .recorder import FileRecorder, RunWriter
 
 __all__ = [
     "MAX_POSITIONERS",
@@ -1472,7 +1471,7 @@ def _user() -> str:
         return "unknown"
 
 
-class SpecRecorder(Recorder):
+class SpecRecorder(FileRecorder):
     """Classic SPEC data files: one per experiment, one scan per run, appended.
 
     data_root
@@ -1505,28 +1504,19 @@ class SpecRecorder(Recorder):
     """
 
     kind = "spec"
-    saves_data = True
     writer_class = SpecWriter
+    default_template = "{proposal_id}_{pi_last_name}.spec"
 
     def __init__(
         self,
         *,
-        data_root: str | os.PathLike[str] | None = None,
-        policy: DirectoryPolicy | None = None,
-        file_template: str = "{proposal_id}_{pi_last_name}.spec",
         fallback_template: str = "commissioning_{year_month}.spec",
         positioners: Sequence[str] | None = None,
         missing_value: float = MISSING_VALUE,
         max_mca_channels: int = 65536,
-        path_map: Mapping[str, str] | PathMap | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(path_map=path_map, **kwargs)
-        if data_root is None:
-            raise ValueError("a spec recorder needs a data_root")
-        self.data_root = Path(os.path.expanduser(os.fspath(data_root))).absolute()
-        self.policy = policy or DirectoryPolicy()
-        self.file_template = file_template
+        super().__init__(**kwargs)
         self.fallback_template = fallback_template
         if isinstance(positioners, str):
             raise ValueError("positioners must be a list of data keys, not one string")
@@ -1568,19 +1558,6 @@ class SpecRecorder(Recorder):
             f"spec recorder: fallback_template {self.fallback_template!r} names experiment "
             "keys this run leaves empty; use only year_month, date or start-document keys"
         )
-
-    def make_writer(self, start: Mapping[str, Any]) -> SpecWriter:
-        try:
-            return SpecWriter(start, self)
-        except Exception as err:  # no file, or one we refuse: name it
-            raise RecorderError(
-                self.name,
-                cause=err,
-                run_uid=start.get("uid", ""),
-                path=getattr(err, "filename", "") or "",
-                doc_name="start",
-                doc_uid=start.get("uid", ""),
-            ) from err
 
     # shared files -------------------------------------------------------------------
     def acquire(self, path: Path) -> _SpecFile:
