@@ -693,3 +693,28 @@ def test_a_detector_file_held_by_its_writer_never_blocks_the_run(tmp_path):
         ds = f["entry/instrument/bluesky/streams/primary/cam_image"]
         assert ds.shape == (3, 2, 8, 10) and ds.dtype == np.uint16  # read from the file
         assert ds[2, 1].tolist() == (np.arange(5 * 80, 6 * 80).reshape(8, 10)).tolist()
+
+
+def test_a_key_that_is_no_nexus_name_comes_back_under_its_own_name(tmp_path):
+    """"cam image" is stored as cam_image (@data_key keeps the key); the export finds it."""
+    from bluesky_recorders.nexus_export import read_nexus_run
+
+    def renamed(mapping):
+        return {("cam image" if k == "cam_image" else k): v for k, v in mapping.items()}
+
+    docs = []
+    for name, doc in ad_hdf5_run(tmp_path / "data" / "det"):
+        doc = dict(doc)
+        if name == "descriptor":
+            doc["data_keys"] = renamed(doc["data_keys"])
+            doc["object_keys"] = {"cam": ["cam image", "cam_total"]}
+        elif name == "event":
+            for part in ("data", "timestamps", "filled"):
+                doc[part] = renamed(doc[part])
+        docs.append((name, doc))
+    path = write_run(tmp_path, docs)
+    with h5py.File(path, "r") as f:
+        assert f["entry/instrument/bluesky/streams/primary/cam_image"].attrs["data_key"] == (
+            "cam image"
+        )
+    assert comparable(read_nexus_run(path).documents) == comparable(docs)
