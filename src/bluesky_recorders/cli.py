@@ -6,6 +6,7 @@
     bsrec demo                    start the simulated beamline, record three runs, stop it
     bsrec runs                    recent runs and the files each recorder wrote
     bsrec record --zmq HOST:PORT  record, in this process, the runs published to a 0MQ proxy
+    bsrec feed --zmq HOST:PORT    serve the live page and JSON feed of those runs
     bsrec sim start|stop|status   the simulated beamline's IOCs
     bsrec metadata sync|set|show  fill and read the metadata service
     bsrec metadata-ioc --prefix P the metadata service's IOC (caproto)
@@ -91,6 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_record)
 
     s = sub.add_parser(
+        "feed",
+        help="serve the live page and JSON feed of the runs published to a 0MQ proxy",
+        description="Serve the live page and the JSON feed (WebSocket /ws, Server-Sent Events "
+        "/events) of the runs published to a bluesky 0MQ proxy. Options of the feed come from "
+        "the [recorders.feed] table of the recorder-set file. Listening on any address but "
+        "loopback needs a token: --token-file or $BSREC_FEED_TOKEN.",
+    )
+    common(s)
+    s.add_argument("--zmq", required=True, metavar="HOST:PORT", help="the proxy's output address")
+    s.add_argument(
+        "--listen", metavar="HOST:PORT", help="where to serve (default: the config's, else "
+        "127.0.0.1:8765)"
+    )
+    s.add_argument("--token-file", help="file holding the token (not readable by others)")
+    s.set_defaults(func=_cmd_feed)
+
+    s = sub.add_parser(
         "export",
         help="write recorded runs as SPEC, NeXus, CSV or JSON lines",
         description="Replay recorded runs through the recorders of the formats asked for. "
@@ -118,10 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     # handled in main() before parsing: listed here for --help only
     sub.add_parser("metadata-ioc", help="run the metadata service's IOC (see --help of it)")
 
+    from . import shm_cli
     from .metadata import cli as metadata_cli
     from .sim import cli as sim_cli
 
     sim_cli.register(sub)
+    shm_cli.register(sub)
     metadata_cli.register(sub)
     return p
 
@@ -177,6 +197,36 @@ def _cmd_record(args: argparse.Namespace) -> int:
     failures = record_from_zmq(
         args.zmq, rs, on_ready=lambda: print(f"bsrec record: listening on {args.zmq}", flush=True)
     )
+    return 1 if failures else 0
+
+
+def _cmd_feed(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .feed import FeedRecorder
+    from .recorder_set import RecorderSet
+    from .remote import record_from_zmq
+
+    config = load_config(args.config, data_root=args.data_root)
+    options: dict[str, object] = {"serve": "127.0.0.1:8765"}
+    for spec in config.recorders:
+        if spec.kind == "feed":
+            options.update(spec.options)
+            break
+    options["data_root"] = options.get("data_root") or config.settings.data_root
+    if args.listen:
+        options["serve"] = args.listen
+    if args.token_file:
+        options["token_file"] = args.token_file
+    recorder = FeedRecorder(**options)  # type: ignore[arg-type]
+    assert recorder.server is not None
+    url = recorder.server.url.split("?")[0]
+    rs = RecorderSet([recorder], run_log=None)
+
+    def ready() -> None:
+        print(f"bsrec feed: runs from {args.zmq}, page at {url}", flush=True)
+
+    failures = record_from_zmq(args.zmq, rs, on_ready=ready)
+    recorder.close()
     return 1 if failures else 0
 
 

@@ -59,6 +59,9 @@ RECORDER_KINDS: dict[str, str] = {
     "spec": "bluesky_recorders.spec:SpecRecorder",
     "jsonl": "bluesky_recorders.jsonl:JsonlRecorder",
     "csv": "bluesky_recorders.csv_recorder:CsvRecorder",
+    "feed": "bluesky_recorders.feed:FeedRecorder",
+    "shm": "bluesky_recorders.shm:SharedMemoryRecorder",
+    "plots": "bluesky_recorders.plots:EndOfRunPlotsRecorder",
 }
 
 _SETTINGS_KEYS = {

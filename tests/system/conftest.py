@@ -6,9 +6,14 @@ process's Channel Access clients at them; ``beamline`` is the connected devices 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bluesky_recorders.sim.manager import SimBeamline
+from procs import free_port
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +51,23 @@ def metadata_service(sim):
     service = MetadataService(sim.metadata_prefix, name="metadata")
     service.wait_for_connection(timeout=10)
     return service
+
+
+@pytest.fixture
+def proxy():
+    """bluesky's 0MQ proxy on two free loopback ports: (in_port, out_port)."""
+    pin, pout = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "bluesky-0MQ-proxy"),
+            "--in-address",
+            f"127.0.0.1:{pin}",
+            "--out-address",
+            f"127.0.0.1:{pout}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield pin, pout
+    proc.terminate()
+    proc.wait(10)

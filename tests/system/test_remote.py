@@ -2,55 +2,20 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
 from bluesky.plans import scan
 from ophyd.sim import det, motor
 
 from bluesky_recorders.runlog import RunLog
+from procs import wait_for
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def proxy():
-    pin, pout = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            str(BIN / "bluesky-0MQ-proxy"),
-            "--in-address",
-            f"127.0.0.1:{pin}",
-            "--out-address",
-            f"127.0.0.1:{pout}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield pin, pout
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_record_in_another_process_from_the_0mq_proxy(proxy, tmp_path):

@@ -1,6 +1,7 @@
 """Every recorder kind accepts the real APS document streams (bluesky 1.5 era) without error."""
 
 import io
+import os
 
 import pytest
 
@@ -14,8 +15,10 @@ def make(kind, tmp_path):
     options = {"console": {"file": io.StringIO(), "force_terminal": False}}.get(kind, {})
     if kind == "catalog":
         options = {"directory": tmp_path / "catalog"}
-    if kind in ("nexus", "spec", "jsonl", "csv"):
+    if kind in ("nexus", "spec", "jsonl", "csv", "plots"):
         options = {"data_root": tmp_path / kind}
+    if kind == "shm":
+        options = {"name": f"bsrec-test-realruns-{os.getpid()}"}
     return cls(**options)
 
 

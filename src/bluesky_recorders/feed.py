@@ -1,0 +1,234 @@
+"""The JSON live-plot feed recorder: runs as they go, for the web page and other clients.
+
+``FeedRecorder(serve="127.0.0.1:8765")`` turns each run's documents into the
+feed's messages (:mod:`bluesky_recorders.feed_messages`) and publishes them to
+a :class:`~bluesky_recorders.feed_server.FeedHub`, which a
+:class:`~bluesky_recorders.feed_server.FeedServer` serves over WebSocket and
+Server-Sent Events together with the live page. ``bsrec feed --zmq HOST:PORT``
+runs the same recorder and server in a process of its own, fed by bluesky's
+0MQ proxy, so that the network never shares the RunEngine's process.
+
+A live view: a failure is logged and the run goes on (policy ``warn``), and
+when its queue is full it drops events rather than hold the RunEngine. With a
+``data_root`` the page lists each run's end-of-run plots (written by the
+``plots`` recorder into ``<experiment dir>/end_of_run/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .external import PathMap
+from .feed_messages import (
+    SCALAR_KINDS,
+    column_kind,
+    columns_message,
+    points_message,
+    run_end_message,
+    run_start_message,
+)
+from .feed_server import FeedHub, FeedServer, FeedServerError, is_loopback
+from .paths import run_directory
+from .recorder import Recorder, RunWriter
+
+__all__ = ["FeedRecorder", "FeedWriter", "end_of_run_plots", "parse_address", "read_token"]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:port"`` for IPv6) -> (host, port); port 0 is any free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise FeedServerError(f"feed address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8765")
+    host = host.strip("[]")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise FeedServerError(f"feed address {text!r}: port out of range")
+    return host, number
+
+
+def read_token(token_file: str | os.PathLike[str] | None) -> str | None:
+    """The feed token from ``token_file``, else ``$BSREC_FEED_TOKEN``, else None.
+
+    The file must not be readable by others (it is a password).
+    """
+    if token_file:
+        path = Path(os.path.expanduser(os.fspath(token_file)))
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise FeedServerError(f"feed token file {path}: {err.strerror or err}") from err
+        if mode & 0o004:
+            raise FeedServerError(
+                f"feed token file {path} is readable by everyone; chmod o-r it first"
+            )
+        if not text:
+            raise FeedServerError(f"feed token file {path} is empty")
+        return text
+    return os.environ.get("BSREC_FEED_TOKEN") or None
+
+
+def end_of_run_plots(
+    data_root: str | os.PathLike[str], start: Mapping[str, Any], path_map: PathMap | None = None
+) -> list[Path]:
+    """The PNG files the ``plots`` recorder wrote for this run (none yet: empty).
+
+    Looks in ``<experiment dir>/end_of_run/<scan_id>*/`` for the folder whose
+    sidecar ``plot.json`` names this run's uid.
+    """
+    try:
+        folder = run_directory(data_root, start, path_map=path_map) / "end_of_run"
+    except Exception:  # no experiment directory for this run: no plots
+        return []
+    uid = start.get("uid")
+    scan = str(start.get("scan_id", ""))
+    if not folder.is_dir():
+        return []
+    for candidate in sorted(folder.glob(f"{scan}*")):
+        sidecar = candidate / "plot.json"
+        if not sidecar.is_file():
+            continue
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if _uid_of(meta) == uid:
+            return sorted(candidate.glob("*.png"))
+    return []
+
+
+def _uid_of(meta: Any) -> Any:
+    if not isinstance(meta, Mapping):
+        return None
+    for key in ("uid", "run_uid"):
+        if key in meta:
+            return meta[key]
+    for key in ("run", "metadata"):
+        inner = meta.get(key)
+        if isinstance(inner, Mapping) and "uid" in inner:
+            return inner["uid"]
+    return None
+
+
+class FeedWriter(RunWriter):
+    """Turns one run's documents into feed messages."""
+
+    recorder: FeedRecorder
+
+    def __init__(self, start: Mapping[str, Any], recorder: FeedRecorder) -> None:
+        super().__init__(start, recorder)
+        self.uid = str(start["uid"])
+        self.started = False
+        # descriptor uid -> (stream, scalar keys)
+        self._streams: dict[str, tuple[str, list[str]]] = {}
+
+    def _announce(self, descriptor: Mapping[str, Any] | None) -> None:
+        if not self.started:
+            self.started = True
+            self.recorder.hub.publish(run_start_message(self.start_doc, descriptor), self.start_doc)
+
+    def descriptor(self, doc: Mapping[str, Any]) -> None:
+        stream = str(doc.get("name", "primary"))
+        if stream not in self.recorder.streams:
+            return
+        self._announce(doc if stream == "primary" else None)
+        keys = [k for k, v in doc.get("data_keys", {}).items() if column_kind(v) in SCALAR_KINDS]
+        self._streams[doc["uid"]] = (stream, keys)
+        self.recorder.hub.publish(columns_message(self.uid, doc))
+
+    def event_page(self, doc: Mapping[str, Any]) -> None:
+        known = self._streams.get(doc["descriptor"])
+        if known is None:
+            return
+        stream, keys = known
+        self.recorder.hub.publish(points_message(self.uid, stream, doc, keys))
+
+    def stop(self, doc: Mapping[str, Any]) -> None:
+        self._announce(None)
+        self.recorder.hub.publish(run_end_message(doc))
+
+
+class FeedRecorder(Recorder):
+    """Publishes runs to the live feed; serves it when ``serve`` is given.
+
+    serve
+        ``"host:port"`` to serve the page and the feed from this process
+        (port 0: any free port; ``recorder.server.url`` says which); None
+        for no server (the hub still keeps the runs).
+    token_file
+        File holding the token (else ``$BSREC_FEED_TOKEN``); required to
+        serve on any address but loopback.
+    allowed_origins
+        Other origins whose pages may read the feed (default: only its own).
+    data_root
+        Where the ``plots`` recorder writes: the page then lists each run's
+        end-of-run plots.
+    streams
+        Streams forwarded (default: primary only).
+    history
+        How many recent runs the page lists.
+    client_queue
+        Points a client may fall behind before it loses points (and is told).
+    max_rows
+        Rows of the current run kept for clients that join mid-run.
+    """
+
+    kind = "feed"
+    saves_data = False
+    writer_class = FeedWriter
+
+    def __init__(
+        self,
+        *,
+        serve: str | None = None,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        allowed_origins: Iterable[str] = (),
+        data_root: str | os.PathLike[str] | None = None,
+        streams: Sequence[str] = ("primary",),
+        history: int = 20,
+        client_queue: int = 10_000,
+        max_rows: int = 200_000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        from . import __version__
+
+        self.streams = frozenset(streams)
+        self.data_root = (
+            Path(os.path.expanduser(os.fspath(data_root))).absolute() if data_root else None
+        )
+        root, path_map = self.data_root, self.path_map
+        self.hub = FeedHub(
+            history=history,
+            client_queue=client_queue,
+            max_rows=max_rows,
+            plots=(lambda start: end_of_run_plots(root, start, path_map)) if root else None,
+            version=__version__,
+        )
+        self.server: FeedServer | None = None
+        if serve:
+            host, port = parse_address(serve)
+            secret = token or read_token(token_file)
+            try:
+                server = FeedServer(
+                    self.hub, host=host, port=port, token=secret, allowed_origins=allowed_origins
+                )
+            except FeedServerError as err:
+                # No token for a public address is a mistake to fix; a busy port (another
+                # session serves the page) costs only this page when live views may fail.
+                if self.on_error == "abort" or not secret and not is_loopback(host):
+                    raise
+                self.log.error("%s: %s; the runs are not served by this process", self.name, err)
+            else:
+                self.server = server.start()
+                self.log.info("%s: live page at %s", self.name, server.url.split("?")[0])
+
+    def close(self) -> None:
+        super().close()
+        if self.server is not None:
+            self.server.stop()

@@ -1,0 +1,581 @@
+"""The live feed's hub and its web server (WebSocket, Server-Sent Events, the page).
+
+::
+
+    FeedRecorder --publish(msg)--> FeedHub --(event loop)--> client queue --> WebSocket
+      (its thread)                  | current run, recent runs    \\-> client queue --> SSE
+
+:class:`FeedHub` keeps the current run so far and the recent runs, and hands
+every message to each connected client's own bounded queue. Publishing costs
+the recorder's thread a lock and one ``call_soon_threadsafe``: nothing the
+network does can slow the RunEngine. A client that falls behind by more than
+``client_queue`` points loses the newest points and is told so with a
+``dropped`` message (it may fetch ``/api/current`` to rebuild the run); the
+other clients are not affected. A client that joins mid-run first receives
+the current run so far (one merged ``points`` message per stream), then the
+live messages that follow it, none twice.
+
+:class:`FeedServer` serves the hub with Starlette on uvicorn in a background
+thread: ``/`` (the page), ``/static/...``, ``/ws``, ``/events``,
+``/api/current``, ``/api/runs`` and ``/api/runs/<uid>/plots/<file>``. It binds
+127.0.0.1 unless told otherwise, and refuses to bind any other address
+without a token. With a token, every request but the static files must carry
+it (``?token=`` or ``Authorization: Bearer``); a request whose ``Origin`` is
+not the server's own (or one of ``allowed_origins``) is refused; a client may
+not send messages larger than 4 KiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import BsrecError
+from .feed_messages import PROTOCOL_VERSION, dropped_message, merge_points
+
+__all__ = ["FeedHub", "FeedServer", "FeedServerError", "is_loopback"]
+
+log = logging.getLogger("bluesky_recorders.feed")
+
+#: Where the page and its plotting library are (package data).
+STATIC_DIR = Path(__file__).parent / "web" / "static"
+#: Largest message a client may send (it only ever needs to say nothing).
+MAX_CLIENT_MESSAGE = 4096
+#: Seconds between keep-alive comments on an idle Server-Sent Events stream.
+SSE_KEEPALIVE = 15.0
+
+PlotLocator = Callable[[Mapping[str, Any]], Sequence[Path]]
+
+
+class FeedServerError(BsrecError):
+    """The feed server cannot start (address in use, no token for a public address...)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _encode(msg: Mapping[str, Any]) -> str:
+    return json.dumps(msg, separators=(",", ":"), allow_nan=False)
+
+
+class _Run:
+    """What a client joining now needs of one run."""
+
+    def __init__(self, start_msg: dict[str, Any], max_rows: int) -> None:
+        self.start_msg = start_msg
+        self.start_doc: Mapping[str, Any] = {}
+        self.columns: dict[str, dict[str, Any]] = {}
+        self.points: dict[str, dict[str, Any]] = {}
+        self.end_msg: dict[str, Any] | None = None
+        self.omitted = 0  # rows beyond max_rows, left out of the snapshot
+        self.max_rows = max_rows
+        self.rows = 0
+
+    @property
+    def uid(self) -> str:
+        return str(self.start_msg["run"])
+
+    def add_points(self, msg: Mapping[str, Any]) -> None:
+        n = len(msg["seq_num"])
+        self.rows += n
+        if self.rows > self.max_rows:
+            self.omitted += n
+            return
+        held = self.points.get(msg["stream"])
+        if held is None:
+            self.points[msg["stream"]] = {
+                **msg,
+                "seq_num": list(msg["seq_num"]),
+                "time": list(msg["time"]),
+                "data": {k: list(v) for k, v in msg["data"].items()},
+            }
+            return
+        before = len(held["seq_num"])
+        held["seq_num"] += msg["seq_num"]
+        held["time"] += msg["time"]
+        for key, values in msg["data"].items():
+            column = held["data"].get(key)
+            if column is None:
+                held["data"][key] = [None] * before + list(values)
+            else:
+                column += values
+        for key, column in held["data"].items():
+            if key not in msg["data"]:
+                column += [None] * n
+
+    def messages(self) -> list[dict[str, Any]]:
+        out = [self.start_msg, *self.columns.values(), *self.points.values()]
+        if self.omitted:
+            out.append(dropped_message(self.uid, self.omitted, "run longer than the feed keeps"))
+        if self.end_msg is not None:
+            out.append(self.end_msg)
+        return out
+
+    def summary(self, plots: list[str]) -> dict[str, Any]:
+        s = self.start_msg
+        return {
+            "run": self.uid,
+            "scan_id": s.get("scan_id"),
+            "plan_name": s.get("plan_name", ""),
+            "time": s.get("time"),
+            "exit_status": self.end_msg.get("exit_status") if self.end_msg else None,
+            "num_points": self.rows,
+            "metadata": s.get("metadata", {}),
+            "plots": plots,
+        }
+
+
+class _Client:
+    """One connection's bounded queue (lives on the event loop's thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: deque[dict[str, Any]] = deque()
+        self.points = 0  # points waiting in items
+        self.after = 0  # hub sequence number already included in the snapshot
+        self.ready = asyncio.Event()
+        self.sent_points = 0
+        self.dropped_total = 0
+
+    def offer(self, number: int, msg: dict[str, Any]) -> None:
+        if number <= self.after:
+            return
+        if msg["type"] == "points":
+            n = len(msg["seq_num"])
+            if self.points + n > self.limit:
+                # lose these rows; say so in order (before whatever comes next)
+                last = self.items[-1] if self.items else None
+                if last is not None and last["type"] == "dropped" and last["run"] == msg["run"]:
+                    last["points"] += n
+                else:
+                    self.items.append(dropped_message(msg["run"], n))
+                self.dropped_total += n
+                self.ready.set()
+                return
+            self.points += n
+        self.items.append(msg)
+        self.ready.set()
+
+    def take(self) -> list[str]:
+        """Everything waiting, consecutive points of one run and stream merged, encoded."""
+        out: list[dict[str, Any]] = []
+        while self.items:
+            msg = self.items.popleft()
+            last = out[-1] if out else None
+            if (
+                msg["type"] == "points"
+                and last is not None
+                and last["type"] == "points"
+                and last["run"] == msg["run"]
+                and last["stream"] == msg["stream"]
+            ):
+                out[-1] = merge_points(last, msg)
+            else:
+                out.append(msg)
+        self.points = 0
+        self.sent_points += sum(len(m["seq_num"]) for m in out if m["type"] == "points")
+        return [_encode(m) for m in out]
+
+
+class FeedHub:
+    """The current run, the recent runs and the connected clients.
+
+    ``publish`` may be called from any thread; clients live on the server's
+    event loop. Without a server the hub still keeps the runs (``snapshot``).
+    """
+
+    def __init__(
+        self,
+        *,
+        history: int = 20,
+        client_queue: int = 10_000,
+        max_rows: int = 200_000,
+        plots: PlotLocator | None = None,
+        version: str = "",
+    ) -> None:
+        self.client_queue = int(client_queue)
+        self.max_rows = int(max_rows)
+        self.plots = plots
+        self.version = version
+        self._lock = threading.Lock()
+        self._number = 0
+        self._current: _Run | None = None
+        self._recent: deque[_Run] = deque(maxlen=max(1, int(history)))
+        self._clients: set[_Client] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- producer side (any thread) ------------------------------------------------
+    def publish(self, msg: dict[str, Any], start_doc: Mapping[str, Any] | None = None) -> None:
+        """Record ``msg`` in the run state and pass it to every client."""
+        extra: dict[str, Any] | None = None
+        with self._lock:
+            kind = msg["type"]
+            if kind == "run_start":
+                self._current = _Run(msg, self.max_rows)
+                self._current.start_doc = start_doc or {}
+            else:
+                run = self._current
+                if run is not None and run.uid != msg.get("run"):
+                    run = None
+                if run is not None:
+                    if kind == "columns":
+                        run.columns[msg["stream"]] = msg  # a new descriptor replaces it
+                    elif kind == "points":
+                        run.add_points(msg)
+                    elif kind == "run_end":
+                        run.end_msg = msg
+                        self._recent = deque(
+                            [r for r in self._recent if r.uid != run.uid], self._recent.maxlen
+                        )
+                        self._recent.appendleft(run)
+            self._number += 1
+            number = self._number
+            if kind == "run_end":
+                self._number += 1
+                extra = {"number": self._number}
+        loop = self.loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._deliver, number, msg)
+            if extra is not None:
+                loop.call_soon_threadsafe(self._deliver_runs, extra["number"])
+
+    # -- snapshots -------------------------------------------------------------------
+    def current_messages(self) -> list[dict[str, Any]]:
+        """The current (or last) run so far, as a joining client receives it."""
+        with self._lock:
+            return self._current.messages() if self._current else []
+
+    def runs_message(self) -> dict[str, Any]:
+        """``runs``: the recent runs, newest first, with their end-of-run plots."""
+        with self._lock:
+            runs = list(self._recent)
+            current = self._current
+        if current is not None and current.end_msg is None:
+            runs.insert(0, current)
+        return {
+            "v": PROTOCOL_VERSION,
+            "type": "runs",
+            "runs": [r.summary(self._plot_urls(r)) for r in runs],
+        }
+
+    def hello_message(self) -> dict[str, Any]:
+        return {
+            "v": PROTOCOL_VERSION,
+            "type": "hello",
+            "server": "bsrec feed",
+            "version": self.version,
+            "client_queue": self.client_queue,
+        }
+
+    def plot_file(self, uid: str, name: str) -> Path | None:
+        """The end-of-run plot ``name`` of run ``uid``, if it is one the locator lists."""
+        with self._lock:
+            run = next((r for r in [*self._recent, self._current] if r and r.uid == uid), None)
+        if run is None:
+            return None
+        return next((p for p in self._plot_paths(run) if p.name == name), None)
+
+    def _plot_paths(self, run: _Run) -> list[Path]:
+        if self.plots is None or not run.start_doc:
+            return []
+        try:
+            return [Path(p) for p in self.plots(run.start_doc)]
+        except Exception as err:  # a plot folder that cannot be read hides the plots only
+            log.warning("feed: cannot list the end-of-run plots of run %s: %s", run.uid, err)
+            return []
+
+    def _plot_urls(self, run: _Run) -> list[str]:
+        return [f"/api/runs/{run.uid}/plots/{p.name}" for p in self._plot_paths(run)]
+
+    # -- clients (event loop thread) -----------------------------------------------
+    def attach(self) -> _Client:
+        client = _Client(self.client_queue)
+        runs = self.runs_message()
+        with self._lock:
+            client.after = self._number
+            current = self._current.messages() if self._current else []
+        client.items.extend([self.hello_message(), runs, *current])
+        client.ready.set()
+        self._clients.add(client)
+        return client
+
+    def detach(self, client: _Client) -> None:
+        self._clients.discard(client)
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def _deliver(self, number: int, msg: dict[str, Any]) -> None:
+        for client in self._clients:
+            client.offer(number, msg)
+
+    def _deliver_runs(self, number: int) -> None:
+        if self._clients:
+            msg = self.runs_message()
+            for client in self._clients:
+                client.offer(number, msg)
+
+
+class FeedServer:
+    """The hub's web server on uvicorn, in a daemon thread.
+
+    host, port
+        Where to listen (port 0: any free port). Anything but a loopback
+        address needs a ``token``.
+    token
+        Shared secret every request must carry (``?token=`` or
+        ``Authorization: Bearer``), except the page's static files.
+    allowed_origins
+        Origins (``https://host:port``) besides the server's own whose pages
+        may use the feed.
+    """
+
+    def __init__(
+        self,
+        hub: FeedHub,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
+        if not is_loopback(host) and not token:
+            raise FeedServerError(
+                f"feed server: refusing to listen on {host} without a token "
+                "(set token_file or BSREC_FEED_TOKEN; only loopback addresses may go without)"
+            )
+        self.hub = hub
+        self.host = host
+        self.token = token or None
+        self.allowed_origins = {o.rstrip("/") for o in allowed_origins}
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((host, port))
+        except OSError as err:
+            self._socket.close()
+            raise FeedServerError(f"feed server: cannot listen on {host}:{port}: {err}") from err
+        self._socket.listen(64)
+        self.port = self._socket.getsockname()[1]
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The page's address (with the token, to open in a browser)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        base = f"http://{host}:{self.port}/"
+        return f"{base}?token={self.token}" if self.token else base
+
+    def start(self, timeout: float = 20.0) -> FeedServer:
+        """Serve in a daemon thread; returns once the server accepts connections."""
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app(),
+            log_level="warning",
+            ws_max_size=MAX_CLIENT_MESSAGE,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name="bsrec-feed-server",
+            daemon=True,
+        )
+        self._thread.start()
+        waited = 0.0
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise FeedServerError(f"feed server on {self.host}:{self.port} failed to start")
+            if waited >= timeout:
+                raise FeedServerError(
+                    f"feed server on {self.host}:{self.port} did not start in {timeout:g} s"
+                )
+            threading.Event().wait(0.01)
+            waited += 0.01
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve on this thread until stopped (SIGINT/SIGTERM)."""
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app(), log_level="warning", ws_max_size=MAX_CLIENT_MESSAGE, lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._server.run(sockets=[self._socket])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving; idempotent."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with contextlib.suppress(OSError):
+            self._socket.close()
+
+    # -- the application ---------------------------------------------------------------
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+        from starlette.routing import Mount, Route, WebSocketRoute
+        from starlette.staticfiles import StaticFiles
+        from starlette.websockets import WebSocket, WebSocketDisconnect
+
+        hub = self.hub
+
+        def refused(request: Any) -> Response | None:
+            reason = self._refusal(request)
+            if reason is None:
+                return None
+            status, text = reason
+            return Response(text, status_code=status, media_type="text/plain")
+
+        async def index(request: Any) -> Response:
+            if (r := refused(request)) is not None:
+                return r
+            page = STATIC_DIR / "index.html"
+            if not page.is_file():
+                return Response(
+                    "the feed page is not installed: run `make web` (it copies the plotting "
+                    "library into the package)",
+                    status_code=503,
+                    media_type="text/plain",
+                )
+            return FileResponse(page, headers={"Cache-Control": "no-store"})
+
+        async def current(request: Any) -> Response:
+            if (r := refused(request)) is not None:
+                return r
+            return JSONResponse(hub.current_messages())
+
+        async def runs(request: Any) -> Response:
+            if (r := refused(request)) is not None:
+                return r
+            return JSONResponse(hub.runs_message())
+
+        async def plot(request: Any) -> Response:
+            if (r := refused(request)) is not None:
+                return r
+            path = hub.plot_file(request.path_params["uid"], request.path_params["name"])
+            if path is None or not path.is_file():
+                return Response("no such plot", status_code=404, media_type="text/plain")
+            return FileResponse(path, headers={"Cache-Control": "no-store"})
+
+        async def events(request: Any) -> Response:
+            if (r := refused(request)) is not None:
+                return r
+            client = hub.attach()
+
+            async def stream() -> Any:
+                try:
+                    while True:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(client.ready.wait(), SSE_KEEPALIVE)
+                        if not client.ready.is_set():
+                            yield ": keep-alive\n\n"
+                            continue
+                        client.ready.clear()
+                        for text in client.take():
+                            yield f"data: {text}\n\n"
+                finally:
+                    hub.detach(client)
+
+            return StreamingResponse(
+                stream(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+
+        async def websocket(ws: WebSocket) -> None:
+            reason = self._refusal(ws)
+            if reason is not None:
+                await ws.close(code=1008, reason=reason[1][:120])
+                return
+            await ws.accept()
+            client = hub.attach()
+
+            async def pump() -> None:
+                while True:
+                    await client.ready.wait()
+                    client.ready.clear()
+                    for text in client.take():
+                        await ws.send_text(text)
+
+            sender = asyncio.create_task(pump())
+            try:
+                while True:  # clients say nothing; this notices when they leave
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+            except WebSocketDisconnect:
+                pass
+            finally:
+                sender.cancel()
+                with contextlib.suppress(BaseException):
+                    await sender
+                hub.detach(client)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> Any:
+            hub.loop = asyncio.get_running_loop()
+            try:
+                yield
+            finally:
+                hub.loop = None
+
+        routes = [
+            Route("/", index),
+            Route("/api/current", current),
+            Route("/api/runs", runs),
+            Route("/api/runs/{uid}/plots/{name}", plot),
+            Route("/events", events),
+            WebSocketRoute("/ws", websocket),
+        ]
+        if STATIC_DIR.is_dir():
+            routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
+        return Starlette(routes=routes, lifespan=lifespan)
+
+    def _refusal(self, conn: Any) -> tuple[int, str] | None:
+        """(status, reason) when the request must be refused, else None."""
+        origin = conn.headers.get("origin")
+        if origin and origin != "null":
+            own = conn.headers.get("host", "")
+            parts = urlsplit(origin)
+            if parts.netloc != own and origin.rstrip("/") not in self.allowed_origins:
+                return 403, f"origin {origin} is not allowed"
+        if self.token:
+            given = conn.query_params.get("token", "")
+            auth = conn.headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
+                return 401, "a valid token is required"
+        return None

@@ -1,0 +1,348 @@
+"""The live feed served for real on 127.0.0.1: WebSocket and SSE clients, mid-run joins,
+stalled clients, tokens, bind addresses, Origin checks and `bsrec feed --zmq`."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets.exceptions
+from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
+from bluesky.plans import scan
+from ophyd.sim import det, motor
+from websockets.sync.client import connect
+
+from bluesky_recorders import RecorderSet
+from bluesky_recorders.feed import FeedRecorder
+from bluesky_recorders.feed_server import FeedHub, FeedServer, FeedServerError
+from bluesky_recorders.testing import collect, scalar_run
+from procs import wait_for
+
+BIN = Path(sys.executable).parent
+
+
+def ws_url(server, path="ws", token=None):
+    base = f"ws://127.0.0.1:{server.port}/{path}"
+    return f"{base}?token={token}" if token else base
+
+
+class Listener:
+    """A WebSocket client reading every message on its own thread."""
+
+    def __init__(self, url, **kwargs):
+        self.ws = connect(url, open_timeout=10, legacy=True, **kwargs)
+        self.messages = []
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for text in self.ws:
+                self.messages.append(json.loads(text))
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+
+    def types(self):
+        return [m["type"] for m in self.messages]
+
+    def wait_for_type(self, kind, count=1, timeout=30):
+        wait_for(lambda: self.types().count(kind) >= count, timeout, f"{count} {kind} message(s)")
+
+    def close(self):
+        self.ws.close()
+        self.closed.wait(10)
+
+
+def rows_of(messages, run):
+    """(seq_num, data) rows of ``run`` in the points messages, in order."""
+    rows = []
+    for m in messages:
+        if m["type"] == "points" and m["run"] == run:
+            for i, seq in enumerate(m["seq_num"]):
+                rows.append((seq, {k: v[i] for k, v in m["data"].items()}))
+    return rows
+
+
+class RawClient:
+    """A WebSocket client on a plain socket with a 4 kB receive buffer: it reads only when
+    asked, so the server soon cannot send it anything more (a stalled browser tab)."""
+
+    def __init__(self, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(60)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self.sock.recv(4096)
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _read(self, n):
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            assert chunk, "the server closed the connection"
+            self.buffer += chunk
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    def recv(self):
+        """The next text message (server frames are unmasked; no extension was offered)."""
+        payload = b""
+        while True:
+            b0, b1 = self._read(2)
+            size = b1 & 0x7F
+            if size == 126:
+                size = int.from_bytes(self._read(2), "big")
+            elif size == 127:
+                size = int.from_bytes(self._read(8), "big")
+            data = self._read(size)
+            opcode = b0 & 0x0F
+            if opcode in (0x9, 0xA):  # ping, pong
+                continue
+            assert opcode != 0x8, f"the server closed the connection: {data!r}"
+            payload += data
+            if b0 & 0x80:  # FIN
+                return payload.decode()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def feed():
+    recorder = FeedRecorder(serve="127.0.0.1:0")
+    yield recorder
+    recorder.close()
+
+
+def test_websocket_and_sse_clients_follow_a_real_run(feed):
+    RE = RunEngine({})
+    docs, keep = collect()
+    rs = RecorderSet([feed], run_log=None)
+    RE.subscribe(rs)
+    RE.subscribe(keep)
+    ws = Listener(ws_url(feed.server))
+    sse_messages = []
+
+    def read_sse():
+        with httpx.stream("GET", f"http://127.0.0.1:{feed.server.port}/events", timeout=30) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    sse_messages.append(json.loads(line[6:]))
+                    if sse_messages[-1]["type"] == "run_end":
+                        return
+
+    sse = threading.Thread(target=read_sse, daemon=True)
+    sse.start()
+    wait_for(lambda: ws.types()[:2] == ["hello", "runs"] and sse_messages, 10, "both clients")
+    (uid,) = RE(scan([det], motor, -1, 1, 11))
+    ws.wait_for_type("run_end")
+    sse.join(30)
+    ws.close()
+    rs.close()
+    events = [d for n, d in docs if n == "event"]
+    expected = [(e["seq_num"], {k: e["data"][k] for k in ("det", "motor")}) for e in events]
+    for messages in (ws.messages, sse_messages):
+        rows = [(s, {"det": d["det"], "motor": d["motor"]}) for s, d in rows_of(messages, uid)]
+        assert rows == expected
+        kinds = [m["type"] for m in messages if m.get("run") == uid]
+        assert kinds[0] == "run_start" and kinds[1] == "columns" and kinds[-1] == "run_end"
+    assert ws.messages[0]["server"] == "bsrec feed"
+
+
+def test_a_client_joining_mid_run_gets_the_run_so_far_then_the_rest_once(feed):
+    docs = scalar_run(20, baseline=False)
+    events = [i for i, (n, _) in enumerate(docs) if n == "event"]
+    half = events[9]  # after the 10th event
+    for name, doc in docs[: half + 1]:
+        feed(name, doc)
+    late = Listener(ws_url(feed.server))
+    late.wait_for_type("points")
+    for name, doc in docs[half + 1 :]:
+        feed(name, doc)
+    late.wait_for_type("run_end")
+    late.close()
+    uid = docs[0][1]["uid"]
+    first = next(m for m in late.messages if m["type"] == "points")
+    assert first["seq_num"] == list(range(1, 11))  # the run so far, in one message
+    seqs = [s for s, _ in rows_of(late.messages, uid)]
+    assert seqs == list(range(1, 21))  # then the rest, nothing twice, nothing missing
+    assert late.types()[:5] == ["hello", "runs", "run_start", "columns", "points"]
+    current = httpx.get(f"http://127.0.0.1:{feed.server.port}/api/current").json()
+    assert [m["type"] for m in current] == ["run_start", "columns", "points", "run_end"]
+    assert current[2]["seq_num"] == list(range(1, 21))
+
+
+def test_a_stalled_client_loses_points_and_is_told_while_others_get_everything():
+    recorder = FeedRecorder(serve="127.0.0.1:0", client_queue=1000)
+    try:
+        n = 10_000
+        fast = Listener(ws_url(recorder.server))
+        stalled = RawClient(recorder.server.port)  # connects, then reads nothing
+        docs = scalar_run(n, baseline=False)
+        big = "x" * 1000  # 1 kB per row: 10 MB in all, more than socket buffers hold
+        uid = docs[0][1]["uid"]
+        started = time.monotonic()
+        sent = 0
+        for name, doc in docs:
+            if name == "descriptor":
+                doc = {**doc, "data_keys": {**doc["data_keys"], "note": {
+                    "source": "test", "dtype": "string", "shape": []}}}
+                doc.setdefault("object_keys", {})
+            if name == "event":
+                doc = {**doc, "data": {**doc["data"], "note": big},
+                       "timestamps": {**doc["timestamps"], "note": doc["time"]}}
+            recorder(name, doc)
+            if name == "event":
+                sent += 1
+                if sent % 500 == 0:  # a client that keeps up: it reads every batch
+                    wait_for(lambda k=sent: len(rows_of(fast.messages, uid)) >= k, 30, "fast")
+        publishing = time.monotonic() - started
+        fast.wait_for_type("run_end", timeout=120)
+        assert len(rows_of(fast.messages, uid)) == n
+        assert "dropped" not in fast.types()
+        # now the stalled client reads what it was given
+        got, dropped, kinds = 0, 0, []
+        while "run_end" not in kinds:
+            msg = json.loads(stalled.recv())
+            kinds.append(msg["type"])
+            if msg["type"] == "points":
+                got += len(msg["seq_num"])
+            elif msg["type"] == "dropped":
+                assert msg["run"] == uid and msg["reason"] == "client queue full"
+                dropped += msg["points"]
+        stalled.close()
+        fast.close()
+        assert dropped > 0
+        assert got + dropped == n
+        print(f"published {n} rows in {publishing:.3f} s; the stalled client got {got}")
+    finally:
+        recorder.close()
+
+
+def test_token_required_everywhere_but_static_files():
+    hub = FeedHub()
+    server = FeedServer(hub, token="tok-123").start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert httpx.get(f"{base}/api/runs").status_code == 401
+        assert httpx.get(f"{base}/api/runs?token=wrong").status_code == 401
+        assert httpx.get(f"{base}/api/runs?token=tok-123").status_code == 200
+        ok = httpx.get(f"{base}/api/current", headers={"Authorization": "Bearer tok-123"})
+        assert ok.status_code == 200 and ok.json() == []
+        assert httpx.get(f"{base}/events").status_code == 401
+        assert httpx.get(f"{base}/").status_code == 401
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            connect(ws_url(server), open_timeout=10)
+        with connect(ws_url(server, token="tok-123"), open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        assert server.url.endswith("/?token=tok-123")
+    finally:
+        server.stop()
+
+
+def test_only_loopback_without_a_token():
+    hub = FeedHub()
+    with pytest.raises(FeedServerError, match="without a token"):
+        FeedServer(hub, host="0.0.0.0")
+    with pytest.raises(FeedServerError, match="without a token"):
+        FeedRecorder(serve="0.0.0.0:0")
+    server = FeedServer(hub, host="0.0.0.0", token="t").start()  # any address, with a token
+    try:
+        r = httpx.get(f"http://127.0.0.1:{server.port}/api/runs", params={"token": "t"})
+        assert r.status_code == 200
+    finally:
+        server.stop()
+    local = FeedServer(hub, host="::1") if socket.has_ipv6 else FeedServer(hub, host="127.0.0.2")
+    local.stop()  # other loopback addresses need no token
+
+
+def test_a_busy_port_costs_only_the_page():
+    first = FeedRecorder(serve="127.0.0.1:0")
+    try:
+        address = f"127.0.0.1:{first.server.port}"
+        second = FeedRecorder(serve=address)  # a live view: logs it and goes on
+        assert second.server is None
+        for name, doc in scalar_run(3):
+            second(name, doc)
+        assert second.hub.runs_message()["runs"][0]["num_points"] == 3
+        with pytest.raises(FeedServerError, match="cannot listen"):
+            FeedRecorder(serve=address, on_error="abort")
+    finally:
+        first.close()
+
+
+def test_foreign_origins_are_refused(feed):
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        connect(ws_url(feed.server), origin="http://evil.example", open_timeout=10)
+    own = f"http://127.0.0.1:{feed.server.port}"
+    with connect(ws_url(feed.server), origin=own, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    r = httpx.get(f"{own}/api/runs", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
+
+
+def test_a_client_sending_too_much_is_disconnected(feed):
+    with connect(ws_url(feed.server), open_timeout=10) as ws:
+        ws.send("x" * 10_000)
+        with pytest.raises(websockets.exceptions.ConnectionClosedError) as err:
+            while True:
+                ws.recv(timeout=10)
+    assert err.value.rcvd is not None and err.value.rcvd.code == 1009
+
+
+def test_bsrec_feed_serves_the_runs_published_to_the_0mq_proxy(proxy, tmp_path):
+    pin, pout = proxy
+    out_path = tmp_path / "feed.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "bsrec"), "feed", "--zmq", f"127.0.0.1:{pout}", "--listen",
+             "127.0.0.1:0", "--data-root", str(tmp_path / "data")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "BSREC_FEED_TOKEN": ""},
+        )
+    try:
+        wait_for(lambda: "page at" in out_path.read_text(), 60, "bsrec feed to start")
+        url = out_path.read_text().split("page at ")[1].split()[0]
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        RE = RunEngine({})
+        publisher = Publisher(f"127.0.0.1:{pin}")
+        RE.subscribe(publisher)
+        time.sleep(2.0)  # PUB/SUB slow joiner
+        (uid,) = RE(scan([det], motor, -1, 1, 5))
+        publisher.close()
+
+        def served():
+            runs = httpx.get(f"http://127.0.0.1:{port}/api/runs").json()["runs"]
+            return any(r["run"] == uid and r["exit_status"] == "success" for r in runs)
+
+        wait_for(served, 60, "the run to be served")
+        current = httpx.get(f"http://127.0.0.1:{port}/api/current").json()
+        assert current[2]["seq_num"] == [1, 2, 3, 4, 5]
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert page.status_code in (200, 503)  # 503 only when the page is not built
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, out_path.read_text()
