@@ -188,3 +188,12 @@ def test_addresses_and_tokens(tmp_path, monkeypatch):
         read_token(token)
     with pytest.raises(FeedServerError, match="No such file"):
         read_token(tmp_path / "missing")
+
+
+def test_the_schema_in_the_docs_is_the_one_the_code_uses():
+    from pathlib import Path
+
+    docs = Path(__file__).parents[2] / "docs" / "reference" / "feed-schema.json"
+    import json
+
+    assert json.loads(docs.read_text()) == json.loads(json.dumps(MESSAGE_SCHEMA))
