@@ -6,10 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Debian packages the tests and the demo need (installed only when missing; root with apt):
-# h5ls and nxtraverse read our NeXus files in the tests; g++ builds PyMca5's fisx.
-APT_PACKAGES := hdf5-tools nexus-tools g++
+# h5ls and nxtraverse read our NeXus files in the tests; g++ builds PyMca5's fisx;
+# chromium (/usr/bin/chromium) runs the live page's browser tests and benchmark.
+APT_PACKAGES := hdf5-tools nexus-tools g++ chromium
 
-.PHONY: all install apt demo test lint bench bench-venv clean
+.PHONY: all install apt web demo test lint bench bench-venv clean
 
 all: test
 
@@ -20,7 +21,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,benchmarks]"
 	touch $(STAMP)
 
-install: apt $(STAMP)
+install: apt web $(STAMP)
+
+# The live page's plotting library: the npm package pinned in web/package-lock.json,
+# installed by `npm ci` (again only when web/package*.json change) and copied into the
+# package data, so the page never needs the internet. Without npm, Debian's nodejs and
+# npm are installed first (root with apt).
+WEB_STAMP  := web/node_modules/.ci-stamp
+WEB_VENDOR := src/bluesky_recorders/web/static/vendor
+PLOTLY_DIR := web/node_modules/plotly.js-cartesian-dist-min
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { \
+		echo "installing Debian packages: nodejs npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+$(WEB_VENDOR)/plotly-cartesian.min.js: $(WEB_STAMP)
+	mkdir -p $(WEB_VENDOR)
+	cp $(PLOTLY_DIR)/plotly-cartesian.min.js $@
+	cp $(PLOTLY_DIR)/LICENSE $(WEB_VENDOR)/plotly-LICENSE.txt
+
+web: $(WEB_VENDOR)/plotly-cartesian.min.js
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

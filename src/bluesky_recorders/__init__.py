@@ -1,9 +1,9 @@
 """bluesky-recorders: recorders for the bluesky document stream.
 
 Recorders are callbacks that write, while a run goes on, what each audience
-needs (a console table, a databroker catalog, and in later releases NeXus,
-SPEC, live feeds and shared memory). They share one lifecycle
-(:class:`Recorder`), run together behind a :class:`RecorderSet` subscribed to
+needs: a console table, a databroker catalog, NeXus and SPEC files, a live
+feed with its web page, shared memory and end-of-run plots. They share one
+lifecycle (:class:`Recorder`), run together behind a :class:`RecorderSet` subscribed to
 the RunEngine, and are configured in ``recorders/*.toml``
 (:func:`load_recorder_set`).
 
@@ -43,6 +43,9 @@ _LAZY = {
     "SpecRecorder": "spec",
     "JsonlRecorder": "jsonl",
     "CsvRecorder": "csv_recorder",
+    "FeedRecorder": "feed",
+    "FeedServerError": "feed_server",
+    "EndOfRunPlotsRecorder": "plots",
     "read_nexus_run": "nexus_export",
     "load_documents": "jsonl",
     "export": "export",
@@ -69,7 +72,10 @@ __all__ = [
     "CsvRecorder",
     "DirectoryPolicy",
     "DrainTimeoutError",
+    "EndOfRunPlotsRecorder",
     "ExternalFrames",
+    "FeedRecorder",
+    "FeedServerError",
     "FileRecorder",
     "JsonlRecorder",
     "MetadataService",

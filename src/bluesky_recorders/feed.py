@@ -16,7 +16,6 @@ when its queue is full it drops events rather than hold the RunEngine. With a
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,9 +23,11 @@ from typing import Any
 
 from .external import PathMap
 from .feed_messages import (
+    PROTOCOL_VERSION,
     SCALAR_KINDS,
     column_kind,
     columns_message,
+    json_value,
     points_message,
     run_end_message,
     run_start_message,
@@ -75,43 +76,14 @@ def read_token(token_file: str | os.PathLike[str] | None) -> str | None:
 def end_of_run_plots(
     data_root: str | os.PathLike[str], start: Mapping[str, Any], path_map: PathMap | None = None
 ) -> list[Path]:
-    """The PNG files the ``plots`` recorder wrote for this run (none yet: empty).
+    """The PNG files the ``plots`` recorder wrote for this run (none yet: empty)."""
+    from .plots import find_run_plots
 
-    Looks in ``<experiment dir>/end_of_run/<scan_id>*/`` for the folder whose
-    sidecar ``plot.json`` names this run's uid.
-    """
     try:
-        folder = run_directory(data_root, start, path_map=path_map) / "end_of_run"
+        folder = find_run_plots(run_directory(data_root, start, path_map=path_map), start["uid"])
     except Exception:  # no experiment directory for this run: no plots
         return []
-    uid = start.get("uid")
-    scan = str(start.get("scan_id", ""))
-    if not folder.is_dir():
-        return []
-    for candidate in sorted(folder.glob(f"{scan}*")):
-        sidecar = candidate / "plot.json"
-        if not sidecar.is_file():
-            continue
-        try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if _uid_of(meta) == uid:
-            return sorted(candidate.glob("*.png"))
-    return []
-
-
-def _uid_of(meta: Any) -> Any:
-    if not isinstance(meta, Mapping):
-        return None
-    for key in ("uid", "run_uid"):
-        if key in meta:
-            return meta[key]
-    for key in ("run", "metadata"):
-        inner = meta.get(key)
-        if isinstance(inner, Mapping) and "uid" in inner:
-            return inner["uid"]
-    return None
+    return sorted(folder.glob("*.png")) if folder is not None else []
 
 
 class FeedWriter(RunWriter):
@@ -139,6 +111,25 @@ class FeedWriter(RunWriter):
         keys = [k for k, v in doc.get("data_keys", {}).items() if column_kind(v) in SCALAR_KINDS]
         self._streams[doc["uid"]] = (stream, keys)
         self.recorder.hub.publish(columns_message(self.uid, doc))
+
+    def event(self, doc: Mapping[str, Any]) -> None:
+        """One event as a one-row ``points`` message (skips packing it into a page)."""
+        known = self._streams.get(doc["descriptor"])
+        if known is None:
+            return
+        stream, keys = known
+        data = doc["data"]
+        self.recorder.hub.publish(
+            {
+                "v": PROTOCOL_VERSION,
+                "type": "points",
+                "run": self.uid,
+                "stream": stream,
+                "seq_num": [int(doc["seq_num"])],
+                "time": [json_value(doc["time"])],
+                "data": {k: [json_value(data.get(k))] for k in keys},
+            }
+        )
 
     def event_page(self, doc: Mapping[str, Any]) -> None:
         known = self._streams.get(doc["descriptor"])

@@ -7,7 +7,8 @@
 
 :class:`FeedHub` keeps the current run so far and the recent runs, and hands
 every message to each connected client's own bounded queue. Publishing costs
-the recorder's thread a lock and one ``call_soon_threadsafe``: nothing the
+the recorder's thread a lock and an append (the event loop is woken once per
+batch, with ``call_soon_threadsafe``): nothing the
 network does can slow the RunEngine. A client that falls behind by more than
 ``client_queue`` points loses the newest points and is told so with a
 ``dropped`` message (it may fetch ``/api/current`` to rebuild the run); the
@@ -19,8 +20,8 @@ live messages that follow it, none twice.
 thread: ``/`` (the page), ``/static/...``, ``/ws``, ``/events``,
 ``/api/current``, ``/api/runs`` and ``/api/runs/<uid>/plots/<file>``. It binds
 127.0.0.1 unless told otherwise, and refuses to bind any other address
-without a token. With a token, every request but the static files must carry
-it (``?token=`` or ``Authorization: Bearer``); a request whose ``Origin`` is
+without a token. With a token, every request but the page and its static files must
+carry it (``?token=`` or ``Authorization: Bearer``); a request whose ``Origin`` is
 not the server's own (or one of ``allowed_origins``) is refused; a client may
 not send messages larger than 4 KiB.
 """
@@ -52,6 +53,9 @@ log = logging.getLogger("bluesky_recorders.feed")
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 #: Largest message a client may send (it only ever needs to say nothing).
 MAX_CLIENT_MESSAGE = 4096
+#: Seconds a client's sender waits after a wake-up, so that one send carries what
+#: arrives meanwhile (fewer sends and encodings when events come fast).
+COALESCE = 0.003
 #: Seconds between keep-alive comments on an idle Server-Sent Events stream.
 SSE_KEEPALIVE = 15.0
 
@@ -154,6 +158,7 @@ class _Client:
         self.ready = asyncio.Event()
         self.sent_points = 0
         self.dropped_total = 0
+        self.closed = False
 
     def offer(self, number: int, msg: dict[str, Any]) -> None:
         if number <= self.after:
@@ -220,12 +225,17 @@ class FeedHub:
         self._current: _Run | None = None
         self._recent: deque[_Run] = deque(maxlen=max(1, int(history)))
         self._clients: set[_Client] = set()
+        self._outbox: list[tuple[int, dict[str, Any]]] = []
+        self._woken = False  # a _deliver is scheduled on the loop
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- producer side (any thread) ------------------------------------------------
     def publish(self, msg: dict[str, Any], start_doc: Mapping[str, Any] | None = None) -> None:
-        """Record ``msg`` in the run state and pass it to every client."""
-        extra: dict[str, Any] | None = None
+        """Record ``msg`` in the run state and pass it on to every client.
+
+        Messages wait in one list for the event loop, which is woken once for all the
+        messages published while it was busy (not once per message).
+        """
         with self._lock:
             kind = msg["type"]
             if kind == "run_start":
@@ -247,17 +257,24 @@ class FeedHub:
                         )
                         self._recent.appendleft(run)
             self._number += 1
-            number = self._number
+            self._outbox.append((self._number, msg))
             if kind == "run_end":
                 self._number += 1
-                extra = {"number": self._number}
-        loop = self.loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._deliver, number, msg)
-            if extra is not None:
-                loop.call_soon_threadsafe(self._deliver_runs, extra["number"])
+                self._outbox.append((self._number, _RUNS))
+            loop = self.loop
+            wake = loop is not None and not self._woken
+            if loop is None:
+                self._outbox.clear()
+            elif wake:
+                self._woken = True
+        if wake:
+            assert loop is not None
+            try:
+                loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop closed meanwhile
+                with self._lock:
+                    self._woken = False
+                    self._outbox.clear()
 
     # -- snapshots -------------------------------------------------------------------
     def current_messages(self) -> list[dict[str, Any]]:
@@ -326,15 +343,30 @@ class FeedHub:
     def clients(self) -> int:
         return len(self._clients)
 
-    def _deliver(self, number: int, msg: dict[str, Any]) -> None:
-        for client in self._clients:
-            client.offer(number, msg)
-
-    def _deliver_runs(self, number: int) -> None:
-        if self._clients:
-            msg = self.runs_message()
+    def _deliver(self) -> None:
+        with self._lock:
+            batch = list(self._outbox)
+            self._outbox.clear()
+            self._woken = False
+        runs = None
+        for number, msg in batch:
+            if msg is _RUNS:
+                if not self._clients:
+                    continue
+                runs = runs or self.runs_message()
+                msg = runs
             for client in self._clients:
                 client.offer(number, msg)
+
+    def close_clients(self) -> None:
+        """End every client's stream (the server stops). Event-loop thread only."""
+        for client in self._clients:
+            client.closed = True
+            client.ready.set()
+
+
+#: Placeholder in the outbox for "send the runs list now" (made on the loop's thread).
+_RUNS: dict[str, Any] = {"type": "runs"}
 
 
 class FeedServer:
@@ -345,7 +377,7 @@ class FeedServer:
         address needs a ``token``.
     token
         Shared secret every request must carry (``?token=`` or
-        ``Authorization: Bearer``), except the page's static files.
+        ``Authorization: Bearer``), except the page and its static files.
     allowed_origins
         Origins (``https://host:port``) besides the server's own whose pages
         may use the feed.
@@ -433,6 +465,10 @@ class FeedServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving; idempotent."""
+        loop = self.hub.loop
+        if loop is not None:  # end the clients' streams, so that shutdown need not wait
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.hub.close_clients)
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -458,9 +494,7 @@ class FeedServer:
             status, text = reason
             return Response(text, status_code=status, media_type="text/plain")
 
-        async def index(request: Any) -> Response:
-            if (r := refused(request)) is not None:
-                return r
+        async def index(request: Any) -> Response:  # no data in it: no token needed
             page = STATIC_DIR / "index.html"
             if not page.is_file():
                 return Response(
@@ -496,15 +530,17 @@ class FeedServer:
 
             async def stream() -> Any:
                 try:
-                    while True:
+                    while not client.closed:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(client.ready.wait(), SSE_KEEPALIVE)
                         if not client.ready.is_set():
                             yield ": keep-alive\n\n"
                             continue
+                        await asyncio.sleep(COALESCE)
                         client.ready.clear()
-                        for text in client.take():
-                            yield f"data: {text}\n\n"
+                        texts = client.take()
+                        if texts:
+                            yield "".join(f"data: {text}\n\n" for text in texts)
                 finally:
                     hub.detach(client)
 
@@ -523,11 +559,13 @@ class FeedServer:
             client = hub.attach()
 
             async def pump() -> None:
-                while True:
+                while not client.closed:
                     await client.ready.wait()
+                    await asyncio.sleep(COALESCE)  # one send for what arrives meanwhile
                     client.ready.clear()
                     for text in client.take():
                         await ws.send_text(text)
+                await ws.close(code=1001, reason="server stopping")
 
             sender = asyncio.create_task(pump())
             try:

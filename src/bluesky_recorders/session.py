@@ -80,6 +80,12 @@ class Session:
             "  then      : !bsrec runs                   # what each recorder wrote",
             "              cat = catalog(); cat[-1].primary.read()",
         ]
+        for recorder in self.recorders.recorders.values():
+            server = getattr(recorder, "server", None)
+            if recorder.kind == "feed" and server is not None:
+                lines.append(f"  live page : {server.url.split('?')[0]}")
+            if recorder.kind == "shm" and getattr(recorder, "segment", None):
+                lines.append(f"  shared mem: {recorder.segment}   (bsrec shm show --follow)")
         if self.sim is not None:
             lines.append(f"  IOCs      : simulated beamline on 127.0.0.1, port {self.sim.port}")
         lines.append(f"  experiment: {self.experiment_line()}")

@@ -251,7 +251,7 @@ def test_token_required_everywhere_but_static_files():
         ok = httpx.get(f"{base}/api/current", headers={"Authorization": "Bearer tok-123"})
         assert ok.status_code == 200 and ok.json() == []
         assert httpx.get(f"{base}/events").status_code == 401
-        assert httpx.get(f"{base}/").status_code == 401
+        assert httpx.get(f"{base}/").status_code in (200, 503)  # the page holds no data
         with pytest.raises(websockets.exceptions.InvalidStatus):
             connect(ws_url(server), open_timeout=10)
         with connect(ws_url(server, token="tok-123"), open_timeout=10) as ws:

@@ -24,6 +24,11 @@ MODULES = [
     "jsonl",
     "csv_recorder",
     "export",
+    "feed",
+    "feed_messages",
+    "feed_server",
+    "plots",
+    "plots_layout",
 ]
 
 

@@ -1,0 +1,366 @@
+"""Live feed: event-to-browser latency, and what the feed costs the RunEngine.
+
+A real RunEngine feeds a :class:`~bluesky_recorders.feed.FeedRecorder` serving the
+live page to Debian's chromium (headless, driven by Playwright, on this machine),
+in two ways: subscribed to the RunEngine directly, and inside a ``RecorderSet``
+(its own thread, as in a ``bsrec session``).
+
+  latency    the RunEngine emits events at 100 and 1,000 events/s (a plan of
+             bluesky Msgs on an absolute schedule: x and y ophyd Signals read into
+             one event per point) for --seconds each. Per row, in ms:
+             page   the page's clock (performance.timeOrigin + performance.now())
+                    when the row's message reached its script, minus the event's
+                    time (window.bsrecFeed.latencies): p50, p99, max. The goal.
+             drawn  the end of the page's draw that showed the row (drawLatencies)
+             python the same for a WebSocket client in a process of its own, on the
+                    same runs: the server's part, without the browser's
+             and the rate the RunEngine reached, and points the server dropped.
+             The page and Python read the same system clock; their offset is
+             measured and printed.
+  slowdown   the RunEngine's wall time, and the CPU time of its event-loop thread
+             (plan, RunEngine and subscribers), with no feed, with the feed
+             subscribed directly and with the feed in a RecorderSet, the page
+             connected and drawing; the cases alternate, best and median of
+             --repeat runs, the ratio from the best: bluesky's
+             scan([det], motor, -1, 1, --points) (ophyd.sim), and the unpaced Msg
+             plan (the RunEngine as fast as it goes: the worst case).
+
+Goals: p99 < 50 ms at both rates; the RunEngine slowed by < 5 %.
+
+    .venv/bin/python benchmarks/bench_feed.py [--seconds 10] [--rates 100 1000]
+        [--points 500] [--fast-points 2000] [--repeat 5]
+
+The plan yields Msgs itself because bluesky's plan stubs format the caller's stack
+on every call, which alone keeps a loaded 2-core machine under 1,000 events/s.
+Timings are wall-clock on a shared machine: the browser, the server and the
+RunEngine share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from bluesky import Msg, RunEngine
+from bluesky import preprocessors as bpp
+from bluesky.plans import scan
+from ophyd import Signal
+from ophyd.sim import det, motor
+from playwright.sync_api import sync_playwright
+
+from bluesky_recorders.feed import FeedRecorder
+from bluesky_recorders.recorder_set import RecorderSet
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+P99_GOAL_MS = 50.0
+SLOWDOWN_GOAL = 1.05
+
+# A WebSocket client in a process of its own, for comparison with the page: it prints
+# "ready" once the snapshot a new connection gets has had time to pass, then records the
+# arrival time minus the row's time of every row of the next run, and prints them (JSON).
+PY_CLIENT = r"""
+import json, sys, time
+from websockets.sync.client import connect
+with connect(sys.argv[1], max_size=None) as ws:
+    ready = time.monotonic() + 0.5
+    while time.monotonic() < ready:
+        try:
+            ws.recv(timeout=0.05)
+        except TimeoutError:
+            pass
+    print("ready", flush=True)
+    uid, lat = None, []
+    for text in ws:
+        now = time.time()
+        msg = json.loads(text)
+        if msg["type"] == "run_start" and uid is None:
+            uid = msg["run"]
+        elif msg["type"] == "points" and msg["run"] == uid:
+            lat += [now - t for t in msg["time"]]
+        elif msg["type"] == "run_end" and msg["run"] == uid:
+            break
+print(json.dumps(lat), flush=True)
+"""
+
+x_signal = Signal(name="x", value=0.0)
+y_signal = Signal(name="y", value=0.0)
+
+
+def paced_plan(n: int, rate: float | None):
+    """``n`` events of x and y, the i-th due at start + i / rate (``None``: no pause)."""
+    md = {
+        "plan_name": "paced_plan",
+        "motors": ["x"],
+        "detectors": ["y"],
+        "num_points": n,
+        "hints": {"dimensions": [(["x"], "primary")]},
+    }
+
+    @bpp.run_decorator(md=md)
+    def inner():
+        begin = time.monotonic()
+        for i in range(n):
+            if rate:
+                pause = begin + i / rate - time.monotonic()
+                if pause > 0:
+                    yield Msg("sleep", None, pause)
+            x = i / max(1, n - 1)
+            x_signal.put(x)
+            y_signal.put(math.exp(-((x - 0.5) ** 2) / 0.02))
+            yield Msg("create", None, name="primary")
+            yield Msg("read", x_signal)
+            yield Msg("read", y_signal)
+            yield Msg("save")
+
+    return (yield from inner())
+
+
+class Events:
+    """The events' times of the last run (a plain callback on the same RunEngine)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, name, doc):
+        if name == "start":
+            self.times = []
+        elif name == "event":
+            self.times.append(doc["time"])
+
+
+class Feed:
+    """A FeedRecorder (subscribed directly or in a RecorderSet) and its page."""
+
+    def __init__(self, label: str, RE: RunEngine, context, in_set: bool):
+        self.label = label
+        self.RE = RE
+        self.recorder = FeedRecorder(serve="127.0.0.1:0")
+        self.recorders = RecorderSet([self.recorder]) if in_set else None
+        self.token = None
+        self.page = context.new_page()
+        self.page.set_default_timeout(300_000)
+        self.page.goto(self.recorder.server.url)
+        self.page.wait_for_function("() => window.bsrecFeed && window.bsrecFeed.connected")
+
+    def subscribe(self):
+        # Chromium draws the tab in front only (the others get an animation frame a second)
+        self.page.bring_to_front()
+        self.token = self.RE.subscribe(self.recorders or self.recorder)
+
+    def unsubscribe(self):
+        self.RE.unsubscribe(self.token)
+        self.token = None
+
+    def clock_offset(self) -> tuple[float, float]:
+        """(page clock - Python clock, half the round trip), seconds; best of 20."""
+        best = None
+        for _ in range(20):
+            before = time.time()
+            page = self.page.evaluate("(performance.timeOrigin + performance.now()) / 1000")
+            after = time.time()
+            if best is None or after - before < best[1] * 2:
+                best = (page - (before + after) / 2, (after - before) / 2)
+        return best
+
+    def wait_rows(self, uid: str, n: int) -> None:
+        self.page.wait_for_function(
+            "([uid, n]) => { const r = window.bsrecFeed.runs[uid];"
+            " return Boolean(r && r.end) && r.points.seq_num.length >= n; }",
+            arg=[uid, n],
+        )
+
+    def close(self):
+        self.page.close()
+        if self.recorders is not None:
+            self.recorders.close()
+        self.recorder.close()
+
+
+def latency_case(feed: Feed, events: Events, rate: int, seconds: float) -> dict:
+    n = int(rate * seconds)
+    feed.page.evaluate("window.bsrecFeed.latencies.length = 0")
+    feed.page.evaluate("window.bsrecFeed.drawLatencies.length = 0")
+    dropped = feed.page.evaluate("window.bsrecFeed.dropped")
+    ws_url = feed.recorder.server.url.replace("http://", "ws://", 1) + "ws"
+    client = subprocess.Popen(
+        [sys.executable, "-c", PY_CLIENT, ws_url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert client.stdout.readline().strip() == "ready"
+        feed.subscribe()
+        try:
+            (uid,) = feed.RE(paced_plan(n, rate))
+        finally:
+            feed.unsubscribe()
+        python = np.array(json.loads(client.stdout.readline())) * 1000
+    finally:
+        client.wait(60)
+    feed.wait_rows(uid, n)
+    # the last draw may still be on its way
+    feed.page.wait_for_function("n => window.bsrecFeed.drawLatencies.length >= n", arg=n)
+    lat = np.array(feed.page.evaluate("window.bsrecFeed.latencies")) * 1000
+    shown = np.array(feed.page.evaluate("window.bsrecFeed.drawLatencies")) * 1000
+    reached = (n - 1) / (events.times[-1] - events.times[0])
+    return {
+        "rows": len(lat),
+        "events": len(events.times),
+        "reached": reached,
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "max": float(lat.max()),
+        "python rows": len(python),
+        "python p50": float(np.percentile(python, 50)),
+        "python p99": float(np.percentile(python, 99)),
+        "drawn p50": float(np.percentile(shown, 50)),
+        "drawn p99": float(np.percentile(shown, 99)),
+        "dropped": feed.page.evaluate("window.bsrecFeed.dropped") - dropped,
+    }
+
+
+def loop_thread_cpu(RE: RunEngine) -> float:
+    """CPU seconds of the RunEngine's event-loop thread so far (plan, RunEngine, callbacks)."""
+    answer: concurrent.futures.Future[float] = concurrent.futures.Future()
+    RE.loop.call_soon_threadsafe(lambda: answer.set_result(time.thread_time()))
+    return answer.result(10)
+
+
+def timed_run(RE: RunEngine, plan_factory, feed: Feed | None) -> tuple[float, float]:
+    """(wall seconds, RunEngine-thread CPU seconds) of one run."""
+    if feed is not None:
+        feed.subscribe()
+    try:
+        cpu = loop_thread_cpu(RE)
+        began = time.perf_counter()
+        RE(plan_factory())
+        took = time.perf_counter() - began
+        cpu = loop_thread_cpu(RE) - cpu
+    finally:
+        if feed is not None:
+            feed.unsubscribe()
+    return took, cpu
+
+
+def slowdown_case(RE, plan_factory, feeds: list[Feed], repeat: int) -> dict[str, list]:
+    """(wall, CPU) of each run per case, the cases alternating (forwards, backwards...)."""
+    times: dict[str, list] = {"no feed": [], **{f.label: [] for f in feeds}}
+    cases = [("no feed", None)] + [(f.label, f) for f in feeds]
+    RE(plan_factory())  # warm-up
+    for i in range(repeat):
+        order = cases if i % 2 == 0 else cases[::-1]
+        for label, feed in order:
+            times[label].append(timed_run(RE, plan_factory, feed))
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
+    ap.add_argument("--rates", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--points", type=int, default=500, help="points of the scan() runs")
+    ap.add_argument("--fast-points", type=int, default=2000, help="points of the Msg plan runs")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"{CHROMIUM} is missing (make install installs Debian's chromium)")
+        return 1
+
+    RE = RunEngine({})
+    events = Events()
+    RE.subscribe(events)
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        feeds = [
+            Feed("feed, direct", RE, context, in_set=False),
+            Feed("feed in a RecorderSet", RE, context, in_set=True),
+        ]
+        try:
+            latency = {}
+            for feed in feeds:
+                offset, error = feed.clock_offset()
+                print(f"{feed.label}: page clock - Python clock {offset * 1000:+.3f} ms "
+                      f"(± {error * 1000:.3f} ms)")  # fmt: skip
+                for rate in args.rates:
+                    latency[feed.label, rate] = latency_case(feed, events, rate, args.seconds)
+            scans = slowdown_case(
+                RE, lambda: scan([det], motor, -1, 1, args.points), feeds, args.repeat
+            )
+            fast = slowdown_case(RE, lambda: paced_plan(args.fast_points, None), feeds, args.repeat)
+        finally:
+            for feed in feeds:
+                feed.close()
+            context.close()
+
+    print()
+    print(f"Event-to-browser latency (ms), {args.seconds:g} s per rate; events/s asked, reached")
+    print("  page: the row's message reaches the page's script (window.bsrecFeed.latencies)")
+    print("  drawn: the end of the page's draw that shows the row (drawLatencies)")
+    print("  python: a WebSocket client in a process of its own, on the same runs")
+    print(f"{'feed':22s} {'asked':>5s} {'reached':>7s} {'rows':>5s} {'page p50':>8s} "
+          f"{'p99':>8s} {'max':>8s} {'drawn p50':>9s} {'p99':>8s} {'python p50':>10s} "
+          f"{'p99':>8s} {'dropped':>7s}  page p99 < {P99_GOAL_MS:g} ms")  # fmt: skip
+    met_latency = True
+    for (label, rate), r in latency.items():
+        ok = r["p99"] < P99_GOAL_MS and r["rows"] == r["events"]
+        met_latency &= ok
+        print(f"{label:22s} {rate:5d} {r['reached']:7.1f} {r['rows']:5d} {r['p50']:8.3f} "
+              f"{r['p99']:8.3f} {r['max']:8.3f} {r['drawn p50']:9.3f} {r['drawn p99']:8.3f} "
+              f"{r['python p50']:10.3f} {r['python p99']:8.3f} {r['dropped']:7d}  "
+              f"{'met' if ok else 'NOT met'}")  # fmt: skip
+        if r["rows"] != r["events"] or r["python rows"] != r["events"]:
+            print(f"  rows missing: {r['events']} events, page {r['rows']}, "
+                  f"python {r['python rows']}")  # fmt: skip
+    print()
+    print(f"RunEngine: wall time and CPU time of its thread (s), best and median of "
+          f"{args.repeat} alternating runs, the page connected and drawing")  # fmt: skip
+    met_slowdown = True
+    for title, n, result in (
+        (f"scan([det], motor, -1, 1, {args.points})", args.points, scans),
+        (f"Msg plan, {args.fast_points} events, unpaced", args.fast_points, fast),
+    ):
+        base = min(w for w, _ in result["no feed"])
+        base_cpu = min(c for _, c in result["no feed"])
+        print(f"  {title}")
+        print(f"    {'':24s} {'wall best':>9s} {'median':>8s} {'ratio':>6s} {'ev/s':>7s} "
+              f"{'CPU best':>9s} {'median':>8s} {'ratio':>6s}")  # fmt: skip
+        for label, runs in result.items():
+            walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+            ratio = min(walls) / base
+            goal = ""
+            if label != "no feed":
+                ok = ratio < SLOWDOWN_GOAL
+                met_slowdown &= ok
+                goal = f"  wall {(ratio - 1) * 100:+.2f} %: {'met' if ok else 'NOT met'}"
+            print(f"    {label:24s} {min(walls):9.3f} {statistics.median(walls):8.3f} "
+                  f"{ratio:6.3f} {n / min(walls):7.1f} {min(cpus):9.3f} "
+                  f"{statistics.median(cpus):8.3f} {min(cpus) / base_cpu:6.3f}{goal}")  # fmt: skip
+    print()
+    print(f"goal page p99 < {P99_GOAL_MS:g} ms at every rate: "
+          f"{'met' if met_latency else 'NOT met'}")  # fmt: skip
+    print(f"goal RunEngine slowed < 5 % (best of {args.repeat}): "
+          f"{'met' if met_slowdown else 'NOT met'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
