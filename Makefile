@@ -80,6 +80,9 @@ bench: install bench-venv
 	$(BIN)/python benchmarks/bench_framework.py
 	$(BIN)/python benchmarks/bench_nexus.py
 	$(BIN)/python benchmarks/bench_spec.py
+	$(BIN)/python benchmarks/bench_shm.py
+	$(BIN)/python benchmarks/bench_plots.py
+	$(BIN)/python benchmarks/bench_feed.py
 
 clean:
 	rm -rf demo-data .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -7,6 +7,7 @@
     bsrec runs                    recent runs and the files each recorder wrote
     bsrec record --zmq HOST:PORT  record, in this process, the runs published to a 0MQ proxy
     bsrec feed --zmq HOST:PORT    serve the live page and JSON feed of those runs
+    bsrec shm show [--follow]     the shared-memory segment's latest points
     bsrec sim start|stop|status   the simulated beamline's IOCs
     bsrec metadata sync|set|show  fill and read the metadata service
     bsrec metadata-ioc --prefix P the metadata service's IOC (caproto)

@@ -5,7 +5,12 @@
      ├── DocumentError        a document breaks the schema or the run's order
      ├── RecorderError        a recorder failed while handling a document
      │    └── DrainTimeoutError    a recorder did not finish its run in time
-     └── BeamlineError        an EPICS device or IOC cannot be reached
+     ├── BeamlineError        an EPICS device or IOC cannot be reached
+     ├── FeedServerError      the live feed's server cannot start (feed_server)
+     ├── SegmentError         a shared-memory segment cannot be made or read (shm)
+     │    ├── SegmentNotFoundError
+     │    └── SegmentInUseError
+     └── LayoutError          a segment's bytes are not our layout (shm_layout; also ValueError)
 
 Every message names what the user needs to act: the recorder, the file, the
 document (name and uid) and the cause.

@@ -26,7 +26,9 @@ def test_the_default_file_is_the_repository_one_and_is_valid(tmp_path, monkeypat
     monkeypatch.delenv("BSREC_DATA_ROOT", raising=False)
     assert default_config_path() == REPO / "recorders" / "default.toml"
     config = load_config(data_root=tmp_path)
-    assert [r.name for r in config.recorders] == ["console", "nexus", "catalog", "spec", "jsonl"]
+    assert [r.name for r in config.recorders] == [
+        "console", "nexus", "catalog", "spec", "jsonl", "feed", "plots", "shm"
+    ]
     assert config.settings.data_root == tmp_path
     assert (
         config.settings.path_map.translate("/detector-disk/a.h5")

@@ -29,6 +29,8 @@ MODULES = [
     "feed_server",
     "plots",
     "plots_layout",
+    "shm",
+    "shm_layout",
 ]
 
 

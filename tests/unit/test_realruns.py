@@ -18,7 +18,7 @@ def make(kind, tmp_path):
     if kind in ("nexus", "spec", "jsonl", "csv", "plots"):
         options = {"data_root": tmp_path / kind}
     if kind == "shm":
-        options = {"name": f"bsrec-test-realruns-{os.getpid()}"}
+        options = {"segment": f"bsrec-test-realruns-{os.getpid()}"}
     return cls(**options)
 
 
