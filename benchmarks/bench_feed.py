@@ -2,8 +2,9 @@
 
 A real RunEngine feeds a :class:`~bluesky_recorders.feed.FeedRecorder` serving the
 live page to Debian's chromium (headless, driven by Playwright, on this machine),
-in two ways: subscribed to the RunEngine directly, and inside a ``RecorderSet``
-(its own thread, as in a ``bsrec session``).
+in three ways: subscribed to the RunEngine directly, inside a ``RecorderSet``
+(its own thread, as in a ``bsrec session``), and as ``bsrec feed --zmq`` in a process
+of its own behind bluesky's 0MQ proxy (the RunEngine's process only publishes).
 
   latency    the RunEngine emits events at 100 and 1,000 events/s (a plan of
              bluesky Msgs on an absolute schedule: x and y ophyd Signals read into
@@ -155,16 +156,23 @@ class Feed:
         self.RE = RE
         self.recorder = FeedRecorder(serve="127.0.0.1:0")
         self.recorders = RecorderSet([self.recorder]) if in_set else None
+        self.url = self.recorder.server.url
         self.token = None
+        self.open_page(context)
+
+    def open_page(self, context):
         self.page = context.new_page()
         self.page.set_default_timeout(300_000)
-        self.page.goto(self.recorder.server.url)
+        self.page.goto(self.url)
         self.page.wait_for_function("() => window.bsrecFeed && window.bsrecFeed.connected")
+
+    def callback(self):
+        return self.recorders or self.recorder
 
     def subscribe(self):
         # Chromium draws the tab in front only (the others get an animation frame a second)
         self.page.bring_to_front()
-        self.token = self.RE.subscribe(self.recorders or self.recorder)
+        self.token = self.RE.subscribe(self.callback())
 
     def unsubscribe(self):
         self.RE.unsubscribe(self.token)
@@ -195,12 +203,64 @@ class Feed:
         self.recorder.close()
 
 
+class RemoteFeed(Feed):
+    """``bsrec feed --zmq`` in a process of its own, fed through bluesky's 0MQ proxy: the
+    RunEngine's process only publishes the documents (bluesky's ``Publisher``)."""
+
+    def __init__(self, label: str, RE: RunEngine, context):
+        from bluesky.callbacks.zmq import Publisher
+
+        self.label = label
+        self.RE = RE
+        self.recorders = None
+        self.token = None
+        pin, pout, port = free_port(), free_port(), free_port()
+        bin_dir = Path(sys.executable).parent
+        self.procs = [
+            subprocess.Popen(
+                [str(bin_dir / "bluesky-0MQ-proxy"), "--in-address", f"127.0.0.1:{pin}",
+                 "--out-address", f"127.0.0.1:{pout}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                [str(bin_dir / "bsrec"), "feed", "--zmq", f"127.0.0.1:{pout}", "--listen",
+                 f"127.0.0.1:{port}", "--config", "/dev/null", "--data-root",
+                 tempfile.mkdtemp(prefix="bench-feed-")],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ),
+        ]  # fmt: skip
+        line = self.procs[1].stdout.readline()
+        assert "page at" in line, line
+        self.url = f"http://127.0.0.1:{port}/"
+        self.publisher = Publisher(f"127.0.0.1:{pin}")
+        time.sleep(2.0)  # PUB/SUB slow joiner: let both ends reach the proxy
+        self.open_page(context)
+
+    def callback(self):
+        return self.publisher
+
+    def close(self):
+        self.page.close()
+        self.publisher.close()
+        for proc in reversed(self.procs):
+            proc.terminate()
+            proc.wait(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def latency_case(feed: Feed, events: Events, rate: int, seconds: float) -> dict:
     n = int(rate * seconds)
     feed.page.evaluate("window.bsrecFeed.latencies.length = 0")
     feed.page.evaluate("window.bsrecFeed.drawLatencies.length = 0")
     dropped = feed.page.evaluate("window.bsrecFeed.dropped")
-    ws_url = feed.recorder.server.url.replace("http://", "ws://", 1) + "ws"
+    ws_url = feed.url.split("?")[0].replace("http://", "ws://", 1) + "ws"
     client = subprocess.Popen(
         [sys.executable, "-c", PY_CLIENT, ws_url], stdout=subprocess.PIPE, text=True
     )
@@ -293,6 +353,7 @@ def main(argv=None) -> int:
         feeds = [
             Feed("feed, direct", RE, context, in_set=False),
             Feed("feed in a RecorderSet", RE, context, in_set=True),
+            RemoteFeed("bsrec feed (0MQ)", RE, context),
         ]
         try:
             latency = {}

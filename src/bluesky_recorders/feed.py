@@ -166,6 +166,8 @@ class FeedRecorder(Recorder):
         Points a client may fall behind before it loses points (and is told).
     max_rows
         Rows of the current run kept for clients that join mid-run.
+    websocket
+        False: serve Server-Sent Events only (behind a proxy without WebSocket).
     """
 
     kind = "feed"
@@ -184,6 +186,7 @@ class FeedRecorder(Recorder):
         history: int = 20,
         client_queue: int = 10_000,
         max_rows: int = 200_000,
+        websocket: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -207,7 +210,12 @@ class FeedRecorder(Recorder):
             secret = token or read_token(token_file)
             try:
                 server = FeedServer(
-                    self.hub, host=host, port=port, token=secret, allowed_origins=allowed_origins
+                    self.hub,
+                    host=host,
+                    port=port,
+                    token=secret,
+                    allowed_origins=allowed_origins,
+                    websocket=websocket,
                 )
             except FeedServerError as err:
                 # No token for a public address is a mistake to fix; a busy port (another

@@ -381,6 +381,9 @@ class FeedServer:
     allowed_origins
         Origins (``https://host:port``) besides the server's own whose pages
         may use the feed.
+    websocket
+        False: refuse WebSocket connections (behind a proxy that cannot pass
+        them); clients use Server-Sent Events.
     """
 
     def __init__(
@@ -391,6 +394,7 @@ class FeedServer:
         port: int = 0,
         token: str | None = None,
         allowed_origins: Iterable[str] = (),
+        websocket: bool = True,
     ) -> None:
         if not is_loopback(host) and not token:
             raise FeedServerError(
@@ -401,6 +405,7 @@ class FeedServer:
         self.host = host
         self.token = token or None
         self.allowed_origins = {o.rstrip("/") for o in allowed_origins}
+        self.websocket = websocket
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -552,6 +557,8 @@ class FeedServer:
 
         async def websocket(ws: WebSocket) -> None:
             reason = self._refusal(ws)
+            if reason is None and not self.websocket:
+                reason = (403, "WebSocket is switched off on this server: use /events")
             if reason is not None:
                 await ws.close(code=1008, reason=reason[1][:120])
                 return

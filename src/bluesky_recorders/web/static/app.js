@@ -47,6 +47,9 @@
     return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
   }
 
+  /* Milliseconds between the ends of two redraws, at least. */
+  const MIN_DRAW_GAP = 50;
+
   function now() {
     return (performance.timeOrigin + performance.now()) / 1000;
   }
@@ -97,7 +100,7 @@
       while (column.length < after) column.push(null);
     }
     if (live && batch.time) {
-      const arrived = now();
+      const arrived = arrivedAt ?? now();
       for (let i = from; i < batch.time.length; i++) feed.latencies.push(arrived - batch.time[i]);
       if (feed.latencies.length > MAX_LATENCIES) {
         feed.latencies.splice(0, feed.latencies.length - MAX_LATENCIES);
@@ -256,7 +259,10 @@
     el.textContent = text || (connected ? `connected (${how})` : "disconnected, retrying…");
   }
 
-  function onText(text) {
+  /* When the message arrived (stamped by the WebSocket worker), while it is handled. */
+  let arrivedAt = null;
+
+  function onText(text, arrived = null) {
     let msg;
     try {
       msg = JSON.parse(text);
@@ -264,7 +270,12 @@
       console.error("bsrec feed: not JSON", text.slice(0, 200));
       return;
     }
-    receive(msg);
+    arrivedAt = arrived;
+    try {
+      receive(msg);
+    } finally {
+      arrivedAt = null;
+    }
   }
 
   async function explainFailure() {
@@ -291,25 +302,36 @@
       return;
     }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    let ws;
+    const url = `${scheme}//${location.host}${withToken("/ws")}`;
     let opened = false;
+    let worker;
     try {
-      ws = new WebSocket(`${scheme}//${location.host}${withToken("/ws")}`);
+      worker = new Worker("/static/feed-worker.js"); // takes messages while we draw
     } catch (err) {
       connectSSE();
       return;
     }
-    ws.onopen = () => {
-      opened = true;
-      retries = 0;
-      setConnection(true, "ws");
+    worker.onmessage = (event) => {
+      const report = event.data;
+      if (report.type === "message") {
+        onText(report.text, report.arrived);
+      } else if (report.type === "open") {
+        opened = true;
+        retries = 0;
+        setConnection(true, "ws");
+      } else if (report.type === "close") {
+        worker.terminate();
+        setConnection(false, null);
+        if (opened) later(connectWS); // it worked before: try it again
+        else connectSSE(); // it never opened: perhaps a proxy refuses WebSockets
+      }
     };
-    ws.onmessage = (event) => onText(event.data);
-    ws.onclose = () => {
-      setConnection(false, null);
-      if (opened) later(connectWS); // it worked before: try it again
-      else connectSSE(); // it never opened: perhaps a proxy refuses WebSockets
+    worker.onerror = () => {
+      // the worker could not start (its script blocked or missing): no WebSocket here
+      worker.terminate();
+      if (!opened) connectSSE();
     };
+    worker.postMessage({ type: "connect", url });
   }
 
   function connectSSE() {
@@ -358,9 +380,11 @@
       draw();
     };
     const next = () => (document.hidden ? setTimeout(frame, 0) : requestAnimationFrame(frame));
-    // Draw at most once per frame, and rest at least as long as the last draw took,
-    // so that a long run's redraws never take more than half of the page's time.
-    const rest = lastDrawEnd + lastDrawCost - performance.now();
+    // Draw at most once per frame and at most 20 times a second, and rest twice as long
+    // as the last draw took: a long run's redraws take at most a third of the page's
+    // time, and leave the machine's cores to the RunEngine.
+    const gap = Math.max(MIN_DRAW_GAP, 2 * lastDrawCost);
+    const rest = lastDrawEnd + gap - performance.now();
     if (rest > 0) setTimeout(next, rest);
     else next();
   }
