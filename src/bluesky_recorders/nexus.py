@@ -60,11 +60,13 @@ import functools
 import json
 import logging
 import math
+import operator
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,11 @@ _CHUNK = 1024
 #: Rows a stream keeps in memory at most before they are written (a fast run is
 #: written in blocks of this size, not all at the next flush).
 _MAX_BUFFERED = 8192
+#: Bytes of HDF5's chunk cache per open dataset. The writer keeps its columns open
+#: between writes (see ``_Handles``); each holds its cache, 8 MiB by default in HDF5 2
+#: (1 MiB before), which for 22 columns would be most of the memory a run takes. A
+#: block is written whole, so only the last, partial chunk of a column is worth keeping.
+_CHUNK_CACHE = 128 * 1024
 #: Columns of an external-data reference table (one row per ExternalFrames).
 _REFERENCE_NUMBERS = ("seq_start", "seq_stop", "frame_start", "frame_stop")
 _REFERENCE_TEXTS = ("path", "dataset", "source_path")
@@ -194,6 +201,21 @@ def _append(ds: h5py.Dataset, block: np.ndarray, at: int) -> None:
     ds[at : at + n] = block
 
 
+def _append_numbers(ds: h5py.Dataset, block: np.ndarray, at: int) -> None:
+    """:func:`_append` for a numeric block of ``ds``'s dtype, through h5py's low-level
+    API: one extent change and one hyperslab write (the high-level ``resize`` and
+    slice assignment cost about four times as much)."""
+    block = np.ascontiguousarray(block)
+    shape = block.shape
+    dsid = ds.id
+    dsid.set_extent((at + shape[0], *shape[1:]))
+    if not shape[0]:
+        return
+    space = dsid.get_space()
+    space.select_hyperslab((at,) + (0,) * (len(shape) - 1), shape)
+    dsid.write(h5py.h5s.create_simple(shape), space, block)
+
+
 def _describe(ds: h5py.Dataset, key: str, dk: Mapping[str, Any]) -> None:
     if dk.get("units"):
         ds.attrs["units"] = str(dk["units"])
@@ -203,23 +225,48 @@ def _describe(ds: h5py.Dataset, key: str, dk: Mapping[str, Any]) -> None:
         ds.attrs["data_key"] = key
 
 
-def _link(group: h5py.Group, name: str, source: h5py.Dataset) -> None:
-    """A soft link ``group/name`` -> ``source``, whose ``@target`` names itself."""
-    source.attrs["target"] = source.name
+def _link(
+    group: h5py.Group, name: str, source: h5py.Dataset, marked: set[str] | None = None
+) -> None:
+    """A soft link ``group/name`` -> ``source``, whose ``@target`` names itself
+    (written once if ``marked`` holds the paths whose ``@target`` is written)."""
+    path = source.name
+    if marked is None or path not in marked:
+        source.attrs["target"] = path
+        if marked is not None:
+            marked.add(path)
     if name not in group:
-        group[name] = h5py.SoftLink(source.name)
+        group[name] = h5py.SoftLink(path)
 
 
 # -- the writer -------------------------------------------------------------------
 
 _FLOAT = ColumnSpec(np.dtype("float64"))
+_NO_DATA: Mapping[str, Any] = {}
 _INT = ColumnSpec(np.dtype("int64"))
 _TEXT = ColumnSpec(None)
 
 
+def _row_getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``mapping -> tuple of its values of keys`` (KeyError when one is missing)."""
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda mapping: (mapping[key],)
+    if not keys:
+        return lambda mapping: ()
+    return operator.itemgetter(*keys)
+
+
 @dataclass
 class _Stream:
-    """One descriptor's group and the rows not yet written."""
+    """One descriptor's group and the rows not yet written.
+
+    Events are buffered as rows (one tuple of values and one of timestamps per
+    event, in the order of ``keys``), event pages as columns (``values`` and
+    ``stamps``, one list per key); rows are moved into the columns
+    (:meth:`fold`) before a page is added, so that the order of the rows is kept.
+    ``times`` and ``seqs`` hold every buffered row.
+    """
 
     name: str
     uid: str
@@ -233,9 +280,51 @@ class _Stream:
     seqs: list[int] = field(default_factory=list)
     refs: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     frames: dict[str, list[ExternalFrames]] = field(default_factory=dict)
+    stamp_names: dict[str, str] = field(default_factory=dict)  # key -> its timestamps dataset
+    keys: tuple[str, ...] = ()
+    getter: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(default=_row_getter(()))
+    row_values: list[tuple[Any, ...]] = field(default_factory=list)
+    row_stamps: list[tuple[Any, ...]] = field(default_factory=list)
+    #: every key a float64 scalar column (rows convert to one 2-D array at once)
+    all_float: bool = False
 
     def all_keys(self) -> list[str]:
         return [*self.columns, *self.external]
+
+    def reset_keys(self) -> None:
+        """Buffer every key of :meth:`all_keys` (after a change of the keys, with
+        nothing buffered)."""
+        self.keys = tuple(self.all_keys())
+        self.getter = _row_getter(self.keys)
+        for key in self.keys:
+            self.values.setdefault(key, [])
+            self.stamps.setdefault(key, [])
+        self.all_float = not self.external and all(
+            spec == _FLOAT for _, spec in self.columns.values()
+        )
+
+    def fold(self) -> None:
+        """Move the buffered rows into the per-key columns."""
+        if not self.row_values:
+            return
+        for key, column in zip(self.keys, zip(*self.row_values, strict=True), strict=True):
+            self.values[key].extend(column)
+        for key, column in zip(self.keys, zip(*self.row_stamps, strict=True), strict=True):
+            self.stamps[key].extend(column)
+        self.row_values = []
+        self.row_stamps = []
+
+
+@dataclass
+class _Handles:
+    """Open h5py objects of one stream's datasets (looking one up by its path costs
+    more than writing a block to it); valid until the file is reopened."""
+
+    columns: list[tuple[str, h5py.Dataset, ColumnSpec]]
+    stamps: list[tuple[str, h5py.Dataset]]
+    time: h5py.Dataset
+    seq_num: h5py.Dataset
+    event_data: dict[str, h5py.Dataset]
 
 
 class NexusWriter(RunWriter):
@@ -255,9 +344,14 @@ class NexusWriter(RunWriter):
         self.artifacts.append(self.path)
         self.root = Path(os.path.realpath(recorder.data_root))
         libver = _SWMR_LIBVER if recorder.swmr else None
-        self.file: h5py.File | None = h5py.File(target, "w", libver=libver)
+        self.file: h5py.File | None = h5py.File(
+            target, "w", libver=libver, rdcc_nbytes=_CHUNK_CACHE
+        )
         self._swmr = False
         self._streams: dict[str, _Stream] = {}
+        self._handles: dict[str, _Handles] = {}  # descriptor uid -> its datasets
+        self._groups: dict[str, h5py.Group] = {}  # open groups by path (see _group)
+        self._targets: set[str] = set()  # paths of datasets whose @target is written
         self._group_names: set[str] = set()
         self._vds_dirty: set[tuple[str, str]] = set()
         self._assets: list[str] = []
@@ -267,6 +361,7 @@ class NexusWriter(RunWriter):
         self._has_plot = False
         self._positioners: dict[str, str] = {}  # data key -> NXpositioner path
         self._last_flush = time.monotonic()
+        self._flush_due = self._last_flush + recorder.flush_interval
         self._warned: set[str] = set()
         try:
             self._write_start(start)
@@ -325,8 +420,12 @@ class NexusWriter(RunWriter):
             self._f.flush()
             self._f.close()
             self.file = None
+            self._handles.clear()
+            self._groups.clear()
             # no lock: a reader holding the file must not block the run
-            self.file = h5py.File(self.path, "r+", libver=_SWMR_LIBVER, locking=False)
+            self.file = h5py.File(
+                self.path, "r+", libver=_SWMR_LIBVER, locking=False, rdcc_nbytes=_CHUNK_CACHE
+            )
             self._swmr = False
         return self._f
 
@@ -347,6 +446,9 @@ class NexusWriter(RunWriter):
         stamps = _nx_group(group, "timestamps", "NXcollection")
         columns: dict[str, tuple[str, ColumnSpec]] = {}
         external: dict[str, str] = {}
+        column_handles: list[tuple[str, h5py.Dataset, ColumnSpec]] = []
+        stamp_handles: dict[str, h5py.Dataset] = {}
+        stamp_names: dict[str, str] = {}
         used = {"time", "seq_num", "timestamps"}
         for key, dk in doc.get("data_keys", {}).items():
             ds_name = safe_key(key)
@@ -357,21 +459,30 @@ class NexusWriter(RunWriter):
             ts.attrs["units"] = "s"
             if ds_name != key:
                 ts.attrs["data_key"] = key
+            stamp_handles[key], stamp_names[key] = ts, ds_name
             spec = column_spec(dk)
             if spec is None:
                 external[key] = self._make_reference(gname, key, dk)
                 continue
-            _describe(_growing(group, ds_name, spec), key, dk)
+            column = _growing(group, ds_name, spec)
+            _describe(column, key, dk)
             columns[key] = (ds_name, spec)
+            column_handles.append((key, column, spec))
         t = _growing(group, "time", _FLOAT)
         t.attrs["units"] = "s"
         t.attrs["long_name"] = "time (POSIX seconds)"
-        _growing(group, "seq_num", _INT)
+        seq_num = _growing(group, "seq_num", _INT)
         stream = _Stream(name, doc["uid"], f"{STREAMS}/{gname}", columns, external)
-        for key in stream.all_keys():
-            stream.values[key] = []
-            stream.stamps[key] = []
+        stream.stamp_names = stamp_names
+        stream.reset_keys()
         self._streams[doc["uid"]] = stream
+        self._handles[doc["uid"]] = _Handles(
+            column_handles,
+            [(key, stamp_handles[key]) for key in stream.keys if key in stamp_handles],
+            t,
+            seq_num,
+            {key: f[note]["event_data"] for key, note in external.items()},
+        )
         if name == "primary" and self._plot_stream is None:
             self._plot_stream = stream
             self._plot = default_plot(self.start_doc, doc) or fallback_plot(doc)
@@ -408,9 +519,17 @@ class NexusWriter(RunWriter):
 
     def _stream_dataset(self, stream: _Stream, key: str) -> h5py.Dataset | None:
         if key == "time":
-            return self._f[f"{stream.group}/time"]
-        name = stream.columns[key][0] if key in stream.columns else safe_key(key)
-        return self._f[stream.group].get(name)
+            return self._handles_of(stream).time
+        if key in stream.columns:
+            return self._column(stream, key)
+        return self._f[stream.group].get(safe_key(key))
+
+    def _column(self, stream: _Stream, key: str) -> h5py.Dataset:
+        """The dataset of ``key``, a column of ``stream``."""
+        for column, ds, _ in self._handles_of(stream).columns:
+            if column == key:
+                return ds
+        raise KeyError(key)
 
     def _name(self, stream: _Stream, key: str) -> str:
         """The dataset name of ``key`` in ``stream`` (a valid NeXus name)."""
@@ -433,7 +552,7 @@ class NexusWriter(RunWriter):
             for key in [plot.signal, *plot.axes, *plot.auxiliary]:
                 source = self._stream_dataset(stream, key)
                 if source is not None:
-                    _link(data, self._name(stream, key), source)
+                    _link(data, self._name(stream, key), source, self._targets)
             rank = len(data[signal].shape)
             axes = [self._name(stream, a) for a in plot.axes]
             data.attrs["axes"] = (axes[:1] or ["."]) + ["."] * (rank - 1)
@@ -535,7 +654,7 @@ class NexusWriter(RunWriter):
             data[names[fast]][...] = first
 
     def _instrument_name(self, key: str, suffix: str) -> str:
-        inst = self._f["entry/instrument"]
+        inst = self._group("/entry/instrument")
         name = safe_key(key)
         if name in RESERVED_INSTRUMENT_NAMES or name in inst:
             name = f"{name}_{suffix}"
@@ -547,7 +666,7 @@ class NexusWriter(RunWriter):
         """An NXdetector per detector of ``start["detectors"]`` with links to its columns."""
         object_keys = doc.get("object_keys") or {}
         hints = doc.get("hints") or {}
-        inst = self._f["entry/instrument"]
+        inst = self._group("/entry/instrument")
         for det in self.start_doc.get("detectors") or []:
             keys = [k for k in object_keys.get(det) or [] if k in stream.columns]
             if not isinstance(det, str) or not (keys or object_keys.get(det)):
@@ -555,7 +674,7 @@ class NexusWriter(RunWriter):
             group = _nx_group(inst, self._instrument_name(det, "detector"), "NXdetector")
             _set_text(group, "description", det)
             for key in keys:
-                _link(group, safe_key(key), self._f[f"{stream.group}/{stream.columns[key][0]}"])
+                _link(group, safe_key(key), self._column(stream, key), self._targets)
             hinted = [k for k in (hints.get(det) or {}).get("fields") or [] if k in keys]
             main = hinted[0] if hinted else (keys[0] if keys else None)
             if main is not None and "data" not in group:
@@ -564,7 +683,7 @@ class NexusWriter(RunWriter):
     def _detector_for(self, doc: Mapping[str, Any], key: str) -> h5py.Group | None:
         for det, keys in (doc.get("object_keys") or {}).items():
             if key in (keys or []):
-                for group in self._f["entry/instrument"].values():
+                for group in self._group("/entry/instrument").values():
                     if (
                         isinstance(group, h5py.Group)
                         and group.attrs.get("NX_class") == "NXdetector"
@@ -582,7 +701,7 @@ class NexusWriter(RunWriter):
         if "monitor" in entry:
             return
         monitor = _nx_group(entry, "monitor", "NXmonitor")
-        _link(monitor, "data", self._f[f"{stream.group}/{stream.columns[key][0]}"])
+        _link(monitor, "data", self._column(stream, key), self._targets)
         _set_text(monitor, "description", key)
         for name in ("preset", "count_time"):
             value = self.start_doc.get(name)
@@ -591,18 +710,28 @@ class NexusWriter(RunWriter):
 
     # data ----------------------------------------------------------------
     def event(self, doc: Mapping[str, Any]) -> None:
-        """One event into the buffers (packing it into a page would cost ~20 µs)."""
+        """One event into the buffers: a row of values and one of timestamps (a
+        missing key is None, stored as fill)."""
         stream = self._streams[doc["descriptor"]]
-        data = doc.get("data", {})
-        stamps = doc.get("timestamps", {})
-        for key, out in stream.values.items():
-            out.append(data.get(key))
-            stream.stamps[key].append(stamps.get(key))
+        getter = stream.getter
+        data = doc.get("data", _NO_DATA)
+        try:
+            row = getter(data)
+        except KeyError:
+            row = tuple(data.get(key) for key in stream.keys)
+        stamps = doc.get("timestamps", _NO_DATA)
+        try:
+            row_stamps = getter(stamps)
+        except KeyError:
+            row_stamps = tuple(stamps.get(key) for key in stream.keys)
+        stream.row_values.append(row)
+        stream.row_stamps.append(row_stamps)
         stream.times.append(doc["time"])
-        stream.seqs.append(doc["seq_num"])
-        if len(stream.seqs) >= _MAX_BUFFERED:
+        seqs = stream.seqs
+        seqs.append(doc["seq_num"])
+        if len(seqs) >= _MAX_BUFFERED:
             self._write_pending()
-        if time.monotonic() - self._last_flush >= self.recorder.flush_interval:
+        if time.monotonic() >= self._flush_due:
             self._flush()
 
     def event_page(self, doc: Mapping[str, Any]) -> None:
@@ -611,6 +740,7 @@ class NexusWriter(RunWriter):
         n = len(seqs)
         if n == 0:
             return
+        stream.fold()
         data = doc.get("data", {})
         stamps = doc.get("timestamps", {})
         for key, out in stream.values.items():
@@ -624,7 +754,7 @@ class NexusWriter(RunWriter):
         stream.seqs.extend(seqs)
         if len(stream.seqs) >= _MAX_BUFFERED:
             self._write_pending()
-        if time.monotonic() - self._last_flush >= self.recorder.flush_interval:
+        if time.monotonic() >= self._flush_due:
             self._flush()
 
     def external(self, frames: ExternalFrames) -> None:
@@ -641,6 +771,8 @@ class NexusWriter(RunWriter):
             self._write_pending()
             self._restructure()
             stream.external[key] = self._make_reference(stream.group.rsplit("/", 1)[1], key, {})
+            stream.reset_keys()  # nothing is buffered now: from here on, rows carry the key
+            self._handles.pop(stream.uid, None)
         stream.refs.setdefault(key, []).append(
             (
                 frames.seq_start,
@@ -679,36 +811,20 @@ class NexusWriter(RunWriter):
         for stream in self._streams.values():
             n = len(stream.seqs)
             if n:
-                group = f[stream.group]
                 at = stream.rows
-                for key, (ds_name, spec) in stream.columns.items():
-                    if spec.is_text:
-                        _append(group[ds_name], text_rows(stream.values[key]), at)
-                        continue
-                    block, bad = column_block(stream.values[key], spec)
-                    if bad:
-                        self._warn_once(f"fill:{key}", "%d value(s) of %r stored as fill", bad, key)
-                    _append(group[ds_name], block, at)
-                for key, note in stream.external.items():
-                    values = stream.values.get(key)
-                    if values is None:
-                        values = stream.values[key] = [None] * n
-                        stream.stamps[key] = [None] * n
-                    _append(f[note]["event_data"], text_rows(values), at)
-                stamps = group["timestamps"]
-                for key in stream.all_keys():
-                    name = stream.columns[key][0] if key in stream.columns else safe_key(key)
-                    if name in stamps:
-                        block, _ = column_block(stream.stamps[key], _FLOAT)
-                        _append(stamps[name], block, at)
-                _append(group["time"], np.asarray(stream.times, dtype="float64"), at)
-                _append(group["seq_num"], np.asarray(stream.seqs, dtype="int64"), at)
+                handles = self._handles_of(stream)
+                if not self._write_float_rows(stream, handles, n, at):
+                    self._write_columns(stream, handles, n, at)
+                _append_numbers(handles.time, np.asarray(stream.times, dtype="float64"), at)
+                _append_numbers(handles.seq_num, np.asarray(stream.seqs, dtype="int64"), at)
                 baseline_new = baseline_new or (stream.name == "baseline" and at == 0)
                 stream.rows += n
                 self._update_grid(stream, at)
                 for key in stream.values:
                     stream.values[key] = []
                     stream.stamps[key] = []
+                stream.row_values = []
+                stream.row_stamps = []
                 stream.times = []
                 stream.seqs = []
             for key, rows in stream.refs.items():
@@ -728,6 +844,73 @@ class NexusWriter(RunWriter):
             self._assets = []
         if baseline_new:
             self._write_positioners()
+
+    def _group(self, path: str) -> h5py.Group:
+        """The group at ``path``, kept open until the file is reopened."""
+        group = self._groups.get(path)
+        if group is None:
+            group = self._groups[path] = self._f[path]
+        return group
+
+    def _handles_of(self, stream: _Stream) -> _Handles:
+        handles = self._handles.get(stream.uid)
+        if handles is None:
+            f = self._f
+            group = f[stream.group]
+            stamps = group["timestamps"]
+            names = stream.stamp_names
+            handles = self._handles[stream.uid] = _Handles(
+                [(key, group[name], spec) for key, (name, spec) in stream.columns.items()],
+                [(key, stamps[names[key]]) for key in stream.keys if key in names],
+                group["time"],
+                group["seq_num"],
+                {key: f[note]["event_data"] for key, note in stream.external.items()},
+            )
+        return handles
+
+    def _write_float_rows(self, stream: _Stream, handles: _Handles, n: int, at: int) -> bool:
+        """Rows of events only, all float64 scalars: each block a row of one 2-D
+        array (what :func:`column_block` does column by column, at once). False if
+        they are not so, or a value does not convert: the caller goes column by column."""
+        if not stream.all_float or len(stream.row_values) != n:
+            return False
+        width = len(stream.keys)
+        if len(handles.columns) != width or len(handles.stamps) != width:
+            return False
+        count = n * width
+        try:
+            values = np.fromiter(chain.from_iterable(stream.row_values), "float64", count)
+            stamps = np.fromiter(chain.from_iterable(stream.row_stamps), "float64", count)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        values = values.reshape(n, width).T.copy()
+        stamps = stamps.reshape(n, width).T.copy()
+        for j, (_key, ds, _spec) in enumerate(handles.columns):
+            _append_numbers(ds, values[j], at)
+        for j, (_key, ds) in enumerate(handles.stamps):
+            _append_numbers(ds, stamps[j], at)
+        return True
+
+    def _write_columns(self, stream: _Stream, handles: _Handles, n: int, at: int) -> None:
+        """The buffered rows column by column (any kind of column)."""
+        stream.fold()
+        for key, ds, spec in handles.columns:
+            if spec.is_text:
+                _append(ds, text_rows(stream.values[key]), at)
+                continue
+            block, bad = column_block(stream.values[key], spec)
+            if bad:
+                self._warn_once(f"fill:{key}", "%d value(s) of %r stored as fill", bad, key)
+            _append_numbers(ds, block, at)
+        for key, ds in handles.event_data.items():
+            values = stream.values.get(key)
+            if values is None:
+                values = stream.values[key] = [None] * n
+                stream.stamps[key] = [None] * n
+            _append(ds, text_rows(values), at)
+        for key, ds in handles.stamps:
+            block, _ = column_block(stream.stamps[key], _FLOAT)
+            _append_numbers(ds, block, at)
 
     def _build_vds(self, descriptor: str, key: str) -> None:
         stream = self._streams[descriptor]
@@ -835,8 +1018,8 @@ class NexusWriter(RunWriter):
     # positioners -----------------------------------------------------------
     def _write_positioners(self) -> None:
         """NXpositioners from the baseline's first reading (and the scanned motors)."""
-        f = self._restructure()
-        inst = f["entry/instrument"]
+        self._restructure()
+        inst = self._group("/entry/instrument")
         listing = inst.require_group("positioners")
         listing.attrs["NX_class"] = "NXcollection"
         for stream in self._streams.values():
@@ -846,13 +1029,13 @@ class NexusWriter(RunWriter):
             for key in baseline_positioners(self.descriptors.get(stream.uid, {})):
                 if key in self._positioners or key not in stream.columns:
                     continue
-                column = f[f"{stream.group}/{stream.columns[key][0]}"]
+                column = self._column(stream, key)
                 pos = _nx_group(inst, self._instrument_name(key, "positioner"), "NXpositioner")
                 _set_text(pos, "name", key)
                 value = pos.create_dataset("value", data=column[0])
                 if dks.get(key, {}).get("units"):
                     value.attrs["units"] = str(dks[key]["units"])
-                _link(listing, safe_key(key), value)
+                _link(listing, safe_key(key), value, self._targets)
                 self._positioners[key] = pos.name
             break
 
@@ -861,17 +1044,16 @@ class NexusWriter(RunWriter):
         stream, plot = self._plot_stream, self._plot
         if stream is None or plot is None:
             return
-        f = self._f
-        inst = f["entry/instrument"]
+        inst = self._group("/entry/instrument")
         for key in plot.axes:
             if key == "time" or key in self._positioners or key not in stream.columns:
                 continue
-            column = f[f"{stream.group}/{stream.columns[key][0]}"]
+            column = self._column(stream, key)
             listing = inst.require_group("positioners")
             listing.attrs["NX_class"] = "NXcollection"
             pos = _nx_group(inst, self._instrument_name(key, "positioner"), "NXpositioner")
             _set_text(pos, "name", key)
-            _link(pos, "value", column)
+            _link(pos, "value", column, self._targets)
             if safe_key(key) not in listing:
                 listing[safe_key(key)] = h5py.SoftLink(column.name)
             self._positioners[key] = pos.name
@@ -884,9 +1066,7 @@ class NexusWriter(RunWriter):
             for key, path in self._positioners.items():
                 pos = f[path]
                 if key in stream.columns and "end_value" not in pos:
-                    end = pos.create_dataset(
-                        "end_value", data=f[f"{stream.group}/{stream.columns[key][0]}"][-1]
-                    )
+                    end = pos.create_dataset("end_value", data=self._column(stream, key)[-1])
                     if "units" in pos["value"].attrs:
                         end.attrs["units"] = pos["value"].attrs["units"]
             break
@@ -903,6 +1083,7 @@ class NexusWriter(RunWriter):
             self._swmr = True
         f.flush()
         self._last_flush = time.monotonic()
+        self._flush_due = self._last_flush + self.recorder.flush_interval
 
     def stop(self, doc: Mapping[str, Any]) -> None:
         self._write_pending()
@@ -924,6 +1105,8 @@ class NexusWriter(RunWriter):
         f.flush()
 
     def close(self) -> None:
+        self._handles.clear()
+        self._groups.clear()
         if self.file is not None:
             try:
                 self.file.close()

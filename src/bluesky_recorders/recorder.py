@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -132,6 +132,9 @@ class Recorder:
         self._run_of_resource: dict[str, str] = {}
         self._run_of_stream_resource: dict[str, str] = {}
         self._stream_key: dict[str, str] = {}
+        # descriptor uid -> (run, the writer's handler of an event): the events of
+        # descriptors without external data go straight to their writer
+        self._event_routes: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {}
         self._failed: set[str] = set()
         self._artifacts: OrderedDict[str, list[str]] = OrderedDict()
         self._closed = False
@@ -182,6 +185,15 @@ class Recorder:
 
     def process(self, name: str, doc: Mapping[str, Any]) -> None:
         """Handle one document; any failure is raised as a RecorderError."""
+        if name == "event":  # the fast path: what _run_of and _route do for such events
+            route = self._event_routes.get(doc.get("descriptor"))  # type: ignore[arg-type]
+            if route is not None:
+                run, handle = route
+                try:
+                    handle(doc)
+                except Exception as err:
+                    self._writer_failed(run, name, doc, err)
+                return
         if name not in DOCUMENT_NAMES:
             raise RecorderError(
                 self.name,
@@ -203,17 +215,22 @@ class Recorder:
         try:
             self._route(writer, run, name, doc)
         except Exception as err:  # any failure of a writer is reported the same way
-            self._failed.add(run)
-            path = writer.path
-            self._finish(run)
-            if name == "stop":
-                self._forget(run)
-            raise RecorderError(
-                self.name, cause=err, run_uid=run, path=path, doc_name=name, doc_uid=_uid(doc)
-            ) from err
+            self._writer_failed(run, name, doc, err)
         if name == "stop":
             self._finish(run)
             self._forget(run)
+
+    def _writer_failed(self, run: str, name: str, doc: Mapping[str, Any], err: Exception) -> None:
+        """The run's writer failed on a document: close it, skip the rest of the run, raise."""
+        self._failed.add(run)
+        writer = self._writers.get(run)
+        path = writer.path if writer is not None else ""
+        self._finish(run)
+        if name == "stop":
+            self._forget(run)
+        raise RecorderError(
+            self.name, cause=err, run_uid=run, path=path, doc_name=name, doc_uid=_uid(doc)
+        ) from err
 
     def _run_of(self, name: str, doc: Mapping[str, Any]) -> str | None:
         """Which run a document belongs to (None: a run this recorder skips)."""
@@ -340,6 +357,8 @@ class Recorder:
             if keys:
                 self._external_for_events(writer, assets, name, doc, keys)
         writer(name, doc)
+        if name == "descriptor" and not self._external_keys[doc["uid"]]:
+            self._event_routes[doc["uid"]] = (run, _event_handler(writer))
 
     @staticmethod
     def _external_for_events(
@@ -370,6 +389,8 @@ class Recorder:
         """Close the run's writer (once) and keep its artifacts."""
         writer = self._writers.pop(run, None)
         self._assets.pop(run, None)
+        for desc in [d for d, (r, _) in self._event_routes.items() if r == run]:
+            del self._event_routes[desc]
         if writer is None:
             return
         try:
@@ -387,6 +408,21 @@ class Recorder:
                 del table[key]
                 self._external_keys.pop(key, None)
                 self._stream_key.pop(key, None)
+
+
+def _event_handler(writer: RunWriter) -> Callable[[Mapping[str, Any]], Any]:
+    """What ``writer("event", doc)`` amounts to, without event-model's dispatch when the
+    writer implements ``event`` (a writer implementing only ``event_page`` is given
+    the event packed into a page, by that dispatch)."""
+    if type(writer).event is event_model.DocumentRouter.event:
+        return lambda doc: writer("event", doc)
+    event = writer.event
+
+    def handle(doc: Mapping[str, Any]) -> Any:
+        if event(doc) is NotImplemented:  # what DocumentRouter does then
+            writer.event_page(event_model.pack_event_page(doc))
+
+    return handle
 
 
 def _is_filled(flag: object) -> bool:
