@@ -60,18 +60,8 @@ from playwright.sync_api import sync_playwright
 
 from bluesky_recorders.feed import FeedRecorder
 from bluesky_recorders.recorder_set import RecorderSet
+from bluesky_recorders.testing import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 P99_GOAL_MS = 50.0
 SLOWDOWN_GOAL = 1.05
 

@@ -242,14 +242,7 @@ class RecorderSet:
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         if name == "event" and not (self._closed or self._failures or self._refused):
             # the common case, in short: no failure to raise, no refused run, no checks
-            for recorder, worker in self._targets:
-                if worker is not None:
-                    worker.put(name, doc)
-                else:
-                    try:
-                        recorder.process(name, doc)
-                    except RecorderError as err:
-                        self._report(recorder, err)
+            self._fan_out(name, doc)
             return
         if self._closed:
             raise RuntimeError("this RecorderSet is closed")
@@ -267,6 +260,12 @@ class RecorderSet:
             self._open_runs[doc["uid"]] = doc
             if self.run_log is not None:
                 self._log_call(self.run_log.started, doc)
+        self._fan_out(name, doc)
+        if name == "stop":
+            self._end_run(doc)
+
+    def _fan_out(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Queue the document for each threaded recorder; hand it to each inline one."""
         for recorder, worker in self._targets:
             if worker is not None:
                 worker.put(name, doc)
@@ -275,8 +274,6 @@ class RecorderSet:
                     recorder.process(name, doc)
                 except RecorderError as err:
                     self._report(recorder, err)
-        if name == "stop":
-            self._end_run(doc)
 
     def _belongs_to_refused(self, name: str, doc: Mapping[str, Any]) -> bool:
         if name in ("event", "event_page"):

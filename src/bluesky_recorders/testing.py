@@ -19,6 +19,8 @@ import event_model
 import numpy as np
 
 __all__ = [
+    "CHROMIUM",
+    "CHROMIUM_ARGS",
     "Docs",
     "ad_hdf5_run",
     "collect",
@@ -31,6 +33,21 @@ __all__ = [
 ]
 
 Docs = list[tuple[str, dict[str, Any]]]
+
+#: Debian's chromium, which the browser tests and bench_feed.py drive with Playwright.
+CHROMIUM = "/usr/bin/chromium"
+#: Headless, and never reaching for outside addresses (without the background-networking
+#: flags Chromium tries Google's hosts at every start).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def collect() -> tuple[Docs, Callable[[str, dict[str, Any]], None]]:

@@ -25,19 +25,8 @@ from playwright.sync_api import sync_playwright
 
 from bluesky_recorders.feed import FeedRecorder
 from bluesky_recorders.feed_server import STATIC_DIR
+from bluesky_recorders.testing import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking flags Chromium reaches for outside addresses.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 WAIT_MS = 60_000
 
