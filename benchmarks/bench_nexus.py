@@ -49,7 +49,6 @@ import os
 import pickle
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from typing import Any
 import event_model
 import h5py
 import numpy as np
+from anchors.procstats import peak_kb, read_docs, reset_peak  # shared with the anchor
 
 HERE = Path(__file__).resolve().parent
 ANCHOR_SCRIPT = HERE / "anchors" / "apstools_nxwriter.py"
@@ -243,16 +243,6 @@ def write_docs(path: str | os.PathLike[str], docs: Iterable[Doc]) -> int:
     return n
 
 
-def read_docs(path: str | os.PathLike[str]) -> Iterator[Doc]:
-    """The pairs of :func:`write_docs`, one at a time."""
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                yield pickle.load(fh)
-            except EOFError:
-                return
-
-
 # -- the contenders (each returns seconds, CPU and what its file holds) ----------------
 
 
@@ -425,39 +415,6 @@ LABELS = {
     "h5py-docs": "h5py, from docs",
     "h5py-arrays": "h5py, arrays only",
 }
-
-
-# -- memory ---------------------------------------------------------------------------
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak() -> tuple[int, str]:
-    """Reset the peak RSS to the current RSS if Linux lets us; (RSS kB, method)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        method = "VmHWM reset at the baseline, then VmHWM - baseline VmRSS"
-    except OSError:
-        method = "ru_maxrss after - ru_maxrss before (peak not reset)"
-    rss = _status_kb("VmRSS")
-    if rss is None or not method.startswith("VmHWM"):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss, method
-
-
-def peak_kb() -> int:
-    hwm = _status_kb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # -- worker: one contender, one document file, in a process of its own ------------------

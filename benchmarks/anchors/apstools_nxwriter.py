@@ -26,61 +26,20 @@ import argparse
 import gc
 import json
 import os
-import pickle
-import resource
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 from apstools.callbacks import NXWriter
+from procstats import peak_kb, read_docs, reset_peak  # beside this script
 
 STREAMS = "/entry/instrument/bluesky/streams"
-
-
-def read_docs(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The ``(name, doc)`` pairs of a file of pickled pairs, one at a time."""
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                yield pickle.load(fh)
-            except EOFError:
-                return
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak() -> tuple[int, str]:
-    """Reset the peak RSS to the current RSS if Linux lets us; (RSS kB, method)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        method = "VmHWM reset at the baseline, then VmHWM - baseline VmRSS"
-    except OSError:
-        method = "ru_maxrss after - ru_maxrss before (peak not reset)"
-    rss = _status_kb("VmRSS")
-    if rss is None or not method.startswith("VmHWM"):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss, method
-
-
-def peak_kb() -> int:
-    hwm = _status_kb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_apstools(
