@@ -80,7 +80,8 @@ def end_of_run_plots(
     from .plots import find_run_plots
 
     try:
-        folder = find_run_plots(run_directory(data_root, start, path_map=path_map), start["uid"])
+        where = run_directory(data_root, start, path_map=path_map)
+        folder = find_run_plots(where, start["uid"], start.get("scan_id"))
     except Exception:  # no experiment directory for this run: no plots
         return []
     return sorted(folder.glob("*.png")) if folder is not None else []

@@ -92,6 +92,7 @@ class _Run:
         self.omitted = 0  # rows beyond max_rows, left out of the snapshot
         self.max_rows = max_rows
         self.rows = 0
+        self.plots: list[Path] = []  # end-of-run plots, once found (they never move)
 
     @property
     def uid(self) -> str:
@@ -313,13 +314,13 @@ class FeedHub:
         return next((p for p in self._plot_paths(run) if p.name == name), None)
 
     def _plot_paths(self, run: _Run) -> list[Path]:
-        if self.plots is None or not run.start_doc:
-            return []
+        if run.plots or self.plots is None or not run.start_doc or run.end_msg is None:
+            return run.plots  # found already, or none before the run ends
         try:
-            return [Path(p) for p in self.plots(run.start_doc)]
+            run.plots = [Path(p) for p in self.plots(run.start_doc)]
         except Exception as err:  # a plot folder that cannot be read hides the plots only
             log.warning("feed: cannot list the end-of-run plots of run %s: %s", run.uid, err)
-            return []
+        return run.plots
 
     def _plot_urls(self, run: _Run) -> list[str]:
         return [f"/api/runs/{run.uid}/plots/{p.name}" for p in self._plot_paths(run)]

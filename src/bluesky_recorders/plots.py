@@ -238,15 +238,25 @@ def claim_plots_dir(
     )
 
 
-def find_run_plots(experiment_dir: str | os.PathLike[str], uid: str) -> Path | None:
+def find_run_plots(
+    experiment_dir: str | os.PathLike[str], uid: str, scan_id: Any = None
+) -> Path | None:
     """The plots folder of run ``uid`` below ``<experiment_dir>/end_of_run``, or None.
 
-    Only complete folders (holding ``plot.json``) are found.
+    Only complete folders (holding ``plot.json``) are found. With the run's
+    ``scan_id`` only the folders :func:`plots_dir` can have given it are read
+    (``<scan_id>``, ``<scan_id>_<uid8>*``); without it, every folder's sidecar.
     """
     base = Path(experiment_dir) / PLOTS_FOLDER
     if not base.is_dir():
         return None
-    for sidecar in sorted(base.glob(f"*/{SIDECAR}")):
+    if scan_id is None:
+        sidecars = sorted(base.glob(f"*/{SIDECAR}"))
+    else:
+        first = plots_dir(experiment_dir, scan_id, uid, 0)
+        own = plots_dir(experiment_dir, scan_id, uid, 1).name
+        sidecars = [first / SIDECAR, *sorted(base.glob(f"{own}*/{SIDECAR}"))]
+    for sidecar in sidecars:
         try:
             with open(sidecar, encoding="utf-8") as fh:
                 run = json.load(fh).get("run") or {}

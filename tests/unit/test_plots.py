@@ -319,6 +319,12 @@ def test_runs_sharing_a_scan_id_never_overwrite(RE, tmp_path):
     assert os.path.basename(os.path.dirname(rec.artifacts[second][0])) == f"1_{second[:8]}"
     assert {p: Path(p).read_bytes() for p in rec.artifacts[first]} == before
     assert sidecar_of(rec.artifacts[second])["run"]["plan_name"] == "count"
+    experiment = Path(folder).parent.parent
+    for uid in (first, second):  # found by the folders their scan id can give them
+        own = Path(os.path.dirname(rec.artifacts[uid][0]))
+        assert find_run_plots(experiment, uid, 1) == own
+        assert find_run_plots(experiment, uid) == own
+    assert find_run_plots(experiment, first, 2) is None  # no folder for that scan id
     rs.close()
 
 
