@@ -27,6 +27,7 @@ __all__ = [
     "columns_message",
     "detector_keys",
     "dropped_message",
+    "extend_points",
     "grid_hints",
     "json_value",
     "merge_points",
@@ -210,26 +211,43 @@ def points_message(
     )
 
 
-def merge_points(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
-    """One ``points`` message holding the rows of both (same run and stream).
+def extend_points(held: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    """Append the rows of ``msg`` to ``held``, a ``points`` message of the caller's own.
 
-    A column missing from one side is filled with None, so every column keeps
-    one value per row.
+    In place, so that merging k messages costs their rows, not k times the rows. A
+    column missing on either side is filled with None: every column keeps one value
+    per row.
     """
-    n1, n2 = len(first["seq_num"]), len(second["seq_num"])
-    data: dict[str, list[Any]] = {}
-    for key in dict.fromkeys([*first["data"], *second["data"]]):
-        data[key] = list(first["data"].get(key, [None] * n1)) + list(
-            second["data"].get(key, [None] * n2)
-        )
-    return _message(
+    n = len(held["seq_num"]) + len(msg["seq_num"])
+    before = len(held["seq_num"])
+    held["seq_num"].extend(msg["seq_num"])
+    held["time"].extend(msg["time"])
+    data = held["data"]
+    for key, values in msg["data"].items():
+        column = data.get(key)
+        if column is None:
+            data[key] = [None] * before + list(values)
+        else:
+            column.extend(values)
+    for column in data.values():
+        if len(column) < n:
+            column.extend([None] * (n - len(column)))
+
+
+def merge_points(*messages: Mapping[str, Any]) -> dict[str, Any]:
+    """One new ``points`` message holding the rows of all (same run and stream)."""
+    first = messages[0]
+    out = _message(
         "points",
         run=first["run"],
         stream=first["stream"],
-        seq_num=[*first["seq_num"], *second["seq_num"]],
-        time=[*first["time"], *second["time"]],
-        data=data,
+        seq_num=list(first["seq_num"]),
+        time=list(first["time"]),
+        data={k: list(v) for k, v in first["data"].items()},
     )
+    for msg in messages[1:]:
+        extend_points(out, msg)
+    return out
 
 
 def run_end_message(stop: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import BsrecError
-from .feed_messages import PROTOCOL_VERSION, dropped_message, merge_points
+from .feed_messages import PROTOCOL_VERSION, dropped_message, extend_points, merge_points
 
 __all__ = ["FeedHub", "FeedServer", "FeedServerError", "is_loopback"]
 
@@ -106,25 +106,9 @@ class _Run:
             return
         held = self.points.get(msg["stream"])
         if held is None:
-            self.points[msg["stream"]] = {
-                **msg,
-                "seq_num": list(msg["seq_num"]),
-                "time": list(msg["time"]),
-                "data": {k: list(v) for k, v in msg["data"].items()},
-            }
-            return
-        before = len(held["seq_num"])
-        held["seq_num"] += msg["seq_num"]
-        held["time"] += msg["time"]
-        for key, values in msg["data"].items():
-            column = held["data"].get(key)
-            if column is None:
-                held["data"][key] = [None] * before + list(values)
-            else:
-                column += values
-        for key, column in held["data"].items():
-            if key not in msg["data"]:
-                column += [None] * n
+            self.points[msg["stream"]] = merge_points(msg)  # a copy of its own
+        else:
+            extend_points(held, msg)
 
     def messages(self) -> list[dict[str, Any]]:
         out = [self.start_msg, *self.columns.values(), *self.points.values()]
@@ -183,6 +167,7 @@ class _Client:
     def take(self) -> list[str]:
         """Everything waiting, consecutive points of one run and stream merged, encoded."""
         out: list[dict[str, Any]] = []
+        owned = False  # out[-1] is a merge made here (extended in place), not a shared message
         while self.items:
             msg = self.items.popleft()
             last = out[-1] if out else None
@@ -193,9 +178,13 @@ class _Client:
                 and last["run"] == msg["run"]
                 and last["stream"] == msg["stream"]
             ):
-                out[-1] = merge_points(last, msg)
+                if not owned:
+                    out[-1] = last = merge_points(last)
+                    owned = True
+                extend_points(last, msg)
             else:
                 out.append(msg)
+                owned = False
         self.points = 0
         self.sent_points += sum(len(m["seq_num"]) for m in out if m["type"] == "points")
         return [_encode(m) for m in out]

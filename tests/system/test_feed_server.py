@@ -346,3 +346,13 @@ def test_bsrec_feed_serves_the_runs_published_to_the_0mq_proxy(proxy, tmp_path):
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
     assert code == 0, out_path.read_text()
+
+
+def test_bsrec_feed_on_a_busy_port_exits_with_a_clear_error(feed, capsys, tmp_path):
+    from bluesky_recorders.cli import main
+
+    busy = f"127.0.0.1:{feed.server.port}"
+    code = main(["feed", "--zmq", "127.0.0.1:1", "--listen", busy, "--config", "/dev/null",
+                 "--data-root", str(tmp_path)])  # fmt: skip
+    assert code == 1
+    assert f"cannot listen on {busy}" in capsys.readouterr().err

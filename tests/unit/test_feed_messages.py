@@ -129,6 +129,10 @@ def test_merge_points_fills_missing_columns_with_null():
     m = valid(merge_points(a, b))
     assert m["seq_num"] == [1, 2, 3]
     assert m["data"] == {"x": [1, None, None], "y": [None, 5, 6]}
+    assert a["seq_num"] == [1] and a["data"] == {"x": [1]}  # the merged ones are untouched
+    three = merge_points(a, b, a)
+    assert three["seq_num"] == [1, 2, 3, 1]
+    assert three["data"] == {"x": [1, None, None, 1], "y": [None, 5, 6, None]}
 
 
 def test_dropped_message():
