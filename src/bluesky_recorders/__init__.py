@@ -30,6 +30,7 @@ from .paths import (
     run_directory,
     safe_name,
 )
+from .preflight import PreflightError, install_preflight
 from .recorder import FileRecorder, Recorder, RunWriter
 from .recorder_set import RecorderSet
 from .runlog import RunLog, RunRecord
@@ -91,6 +92,7 @@ __all__ = [
     "PathExistsError",
     "PathMap",
     "PathPolicyError",
+    "PreflightError",
     "Recorder",
     "RecorderError",
     "RecorderSet",
@@ -108,6 +110,7 @@ __all__ = [
     "close_catalog",
     "export",
     "file_name",
+    "install_preflight",
     "load_documents",
     "load_config",
     "load_recorder_set",

@@ -42,7 +42,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote, urlparse, urlunparse
 
 from .external import PathMap
-from .paths import DirectoryPolicy
+from .paths import DirectoryPolicy, PathExistsError, PathPolicyError
 from .recorder import Recorder, RunWriter
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "catalog_document",
     "check_external_data",
     "close_catalog",
+    "descriptor_problems",
     "open_catalog",
     "readable_root",
     "run_artifact",
@@ -130,6 +131,65 @@ def catalog_document(name: str, doc: Mapping[str, Any], path_map: PathMap) -> Ma
     return doc
 
 
+#: Data keys TiledWriter renames (``time`` -> ``time_``): the event table has its own.
+_RENAMED_KEYS = ("time", "seq_num")
+#: What makes a stream name leave its run's node in tiled's URLs (``..``, ``/``) or cut them.
+_URL_BREAKERS = frozenset("/?#%")
+
+
+def descriptor_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Why the catalog cannot hold this descriptor's stream (empty: it can).
+
+    tiled puts a stream at ``runs/<uid>/<stream name>`` and its scalar data keys, and
+    ``ts_<key>`` for their timestamps, into one SQL table. tiled refuses (at the run's
+    stop, after every event was collected) a column starting with ``_``, one that is no
+    SQL identifier by its own rules (``[a-zA-Z_]`` first, at most 63 bytes, no quote,
+    ``;``, ``--``, ``%``...), or two columns equal but for case; and a stream name with
+    ``/``, ``..`` or ``?`` would write outside the run's node (into another run's).
+    Checked at the descriptor, the run fails before its first event, naming the key.
+    """
+    from tiled.adapters.sql import COLUMN_NAME_PATTERN, is_safe_identifier
+
+    problems = []
+    stream = doc.get("name", "")
+    if (
+        not isinstance(stream, str)
+        or stream in ("", ".", "..")
+        or _URL_BREAKERS & set(stream)
+        or any(ord(c) < 32 or ord(c) == 127 for c in stream)
+    ):
+        problems.append(
+            f"stream name {stream!r} is not a catalog node name (empty, '.', '..', "
+            "or with '/', '?', '#', '%' or control characters)"
+        )
+    data_keys = doc.get("data_keys")
+    if not isinstance(data_keys, Mapping):
+        return problems
+    columns = ["seq_num", "time"]
+    for key, dk in data_keys.items():
+        if isinstance(dk, Mapping) and "external" in dk:
+            continue  # detector files: not in the table
+        name = f"{key}_" if key in _RENAMED_KEYS else str(key)
+        if not (isinstance(dk, Mapping) and dk.get("dtype") == "array"):
+            columns.append(name)
+        columns.append(f"ts_{name}")
+    seen: dict[str, str] = {}
+    for column in columns:
+        other = seen.setdefault(column.lower(), column)
+        if other != column:
+            problems.append(
+                f"columns {other!r} and {column!r} of stream {stream!r} differ only in case"
+            )
+        if column.startswith("_"):
+            problems.append(f"data key {column!r} starts with '_' (tiled keeps those)")
+            continue
+        try:
+            is_safe_identifier(column, COLUMN_NAME_PATTERN, allow_reserved_words=True)
+        except Exception as err:
+            problems.append(f"{err} (from data key of stream {stream!r})")
+    return problems
+
+
 def asset_path(name: str, doc: Mapping[str, Any]) -> str | None:
     """The local file a (translated) ``resource``/``stream_resource`` names, if a file."""
     if name == "stream_resource" and "uri" in doc:
@@ -161,6 +221,44 @@ def run_artifact(directory: str | os.PathLike[str], uid: str) -> str:
 
 
 # -- opening and closing the catalog --------------------------------------------
+
+
+def _no_statements(record: logging.LogRecord) -> bool:
+    """aiosqlite logs every statement with its parameters at DEBUG: the runs' metadata,
+    users' e-mail addresses included. Those records are dropped; its warnings are kept."""
+    return record.levelno > logging.DEBUG
+
+
+def _claim_database(policy: DirectoryPolicy, path: Path, *, create: bool) -> None:
+    """Refuse a symbolic link at a database's name (SQLite and DuckDB follow one, even a
+    dangling one, and would make the database where it points); with ``create``, make a
+    missing SQLite file with the policy's mode and group (an empty file is a database)."""
+    if path.is_symlink():
+        raise PathPolicyError(f"refusing the catalog database {path}: it is a symbolic link")
+    if create:
+        try:
+            policy.open_new(path, "xb").close()
+        except PathExistsError:
+            pass  # there already, or made by another process meanwhile
+
+
+def _apply_policy_below(policy: DirectoryPolicy, top: Path) -> None:
+    """Give the policy's modes and group to the folders and files tiled wrote below
+    ``top`` (arrays, created with the process umask); symbolic links are left alone."""
+    if top.is_symlink() or not top.is_dir():
+        return
+    for folder, dirs, files in os.walk(top):
+        for name in [None, *dirs]:
+            path = folder if name is None else os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            if policy.gid is not None:
+                os.chown(path, -1, policy.gid)
+            os.chmod(path, policy.dir_mode)  # after chown, which may clear setgid
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                policy.apply_file(path)
 
 
 def _sqlite_uri(path: Path) -> str:
@@ -292,15 +390,19 @@ def open_catalog(
     if tables not in _TABLE_FILES:
         raise ValueError(f"tables must be 'sqlite' or 'duckdb', not {tables!r}")
     root_dir = Path(os.path.expanduser(os.fspath(directory))).absolute()
+    policy = policy or DirectoryPolicy()
     try:
-        (policy or DirectoryPolicy()).make_dirs(root_dir, root_dir / "data")
+        policy.make_dirs(root_dir, root_dir / "data" / "runs")
     except OSError as err:
         raise OSError(
             err.errno, f"cannot create the catalog directory {root_dir}: {err.strerror}"
         ) from err
+    _claim_database(policy, root_dir / CATALOG_DB, create=True)
+    _claim_database(policy, root_dir / _TABLE_FILES[tables], create=tables == "sqlite")
+    logging.getLogger("aiosqlite").addFilter(_no_statements)
     db_uri = _sqlite_uri(root_dir / CATALOG_DB)
     if _init_database(db_uri):
-        (policy or DirectoryPolicy()).apply_file(root_dir / CATALOG_DB)
+        policy.apply_file(root_dir / CATALOG_DB)
         log.debug("created the catalog %s", root_dir / CATALOG_DB)
     table_uri = f"{tables}:///{root_dir / _TABLE_FILES[tables]}"
     readable_dirs = [str(root_dir)]
@@ -401,6 +503,12 @@ class CatalogWriter(RunWriter):
         if self._tiled is None:  # pragma: no cover - the facade starts every run first
             raise RuntimeError(f"{name} document before the run's start")
         rec = self.recorder
+        if name == "descriptor" and (problems := descriptor_problems(doc)):
+            raise ValueError(
+                "the catalog cannot hold this stream: "
+                + "; ".join(problems)
+                + ". Rename the signal or stream, or leave this run out of the catalog"
+            )
         out = catalog_document(name, doc, rec.path_map)
         if name in ("resource", "stream_resource"):
             self._check_readable(name, out)
@@ -413,6 +521,13 @@ class CatalogWriter(RunWriter):
     def _start(self, doc: Mapping[str, Any]) -> None:
         rec = self.recorder
         self.path = str(rec.directory / CATALOG_DB)
+        uid = doc["uid"]
+        if uid in ("", ".", "..") or set(uid) & set("/\\?#%"):
+            # the run's node is runs/<uid> in tiled's URLs: "..", "x/../<uid>" reach others
+            raise PathPolicyError(
+                f"the catalog refuses the run uid {uid!r}: with '/', '\\', '?', '#' or '%', "
+                "or as '.' or '..', it would address another entry of the catalog"
+            )
         catalog = rec.writer_client()  # opens the catalog on the first run
         from bluesky_tiled_plugins import TiledWriter
 
@@ -449,6 +564,10 @@ class CatalogWriter(RunWriter):
 
     def close(self) -> None:
         self._tiled = None
+        uid = self.start_doc.get("uid")
+        if isinstance(uid, str) and uid and os.sep not in uid and uid not in (".", ".."):
+            rec = self.recorder  # the run's arrays: the policy's modes and group
+            _apply_policy_below(rec.policy, rec.directory / "data" / "runs" / uid)
 
 
 class CatalogRecorder(Recorder):
@@ -511,6 +630,10 @@ class CatalogRecorder(Recorder):
         self._catalog: Any = None
         self._writer_client: Any = None
         self._lock = threading.Lock()
+
+    def preflight_dirs(self, start: Mapping[str, Any]) -> list[Path]:
+        """The catalog's directory, checked before every run starts."""
+        return [self.directory]
 
     @property
     def readable_dirs(self) -> list[str]:

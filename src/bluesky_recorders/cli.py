@@ -195,6 +195,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
     logging.getLogger("bluesky_recorders").info(
         "recording runs from %s with [%s] into %s", args.zmq, names, rs.settings.data_root
     )
+    for recorder in rs.recorders.values():
+        if recorder.kind == "catalog":  # open it now (8-13 s), not in the first run
+            recorder.catalog  # noqa: B018 - the property opens the catalog
     failures = record_from_zmq(
         args.zmq, rs, on_ready=lambda: print(f"bsrec record: listening on {args.zmq}", flush=True)
     )

@@ -12,6 +12,7 @@ without editing code. The format::
     file_mode = 0o660               # world-writable
     metadata_prefix = "BL:MD:"      # the metadata service read at every run start
     require_metadata = false        # true: refuse runs while it cannot be read
+    min_free = "1 GiB"              # free space needed before a run starts (0: no check)
 
     [path_map]                      # IOC-side path prefix -> local prefix
     "/detector-disk" = "{data_root}/detector-disk"
@@ -40,6 +41,7 @@ from typing import Any
 from .errors import ConfigError
 from .external import PathMap
 from .paths import DirectoryPolicy, PathPolicyError
+from .preflight import DEFAULT_MIN_FREE, parse_size
 from .recorder import Recorder
 
 __all__ = [
@@ -74,6 +76,7 @@ _SETTINGS_KEYS = {
     "file_mode",
     "metadata_prefix",
     "require_metadata",
+    "min_free",
 }
 _TOP_KEYS = {"settings", "path_map", "recorders"}
 _RECORDER_META_KEYS = {"kind", "enabled"}
@@ -93,6 +96,7 @@ class Settings:
     file_mode: int = 0o660
     metadata_prefix: str | None = None
     require_metadata: bool = False
+    min_free: int = DEFAULT_MIN_FREE
 
     @property
     def run_log_path(self) -> Path:
@@ -234,8 +238,13 @@ def load_config(
     require_metadata = settings_raw.get("require_metadata", False)
     if not isinstance(require_metadata, bool):
         raise fail("settings", "require_metadata", "must be true or false")
+    try:
+        min_free = parse_size(settings_raw.get("min_free", DEFAULT_MIN_FREE))
+    except ValueError as err:
+        raise fail("settings", "min_free", str(err)) from None
     settings = Settings(
         data_root=root_path,
+        min_free=min_free,
         path_map=PathMap(prefix_map),
         drain_timeout=drain_timeout,
         validate=validate,
@@ -308,6 +317,7 @@ def load_recorder_set(
             opts.setdefault("path_map", settings.path_map)
         if "policy" in allowed:
             opts.setdefault("policy", settings.directory_policy)
+        opts.setdefault("min_free", settings.min_free)
         try:
             recorders.append(cls(**opts))
         except (TypeError, ValueError) as err:

@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from .errors import DocumentError
 from .external import ExternalFrames
 from .paths import safe_name
 from .recorder import FileRecorder, RunWriter
@@ -75,13 +76,20 @@ class CsvWriter(RunWriter):
         while name in self._names:
             name, n = f"{base}_{n}", n + 1
         self._names.add(name)
+        uid, keys = doc["uid"], list(doc.get("data_keys", {}))  # a malformed one fails here
+        if uid in self._tables:
+            raise DocumentError(f"a second descriptor with uid {uid}", name="descriptor", uid=uid)
         path = self.directory / f"{name}.csv"
         handle = self.recorder.policy.open_new(
             path, "x", root=self.recorder.data_root, encoding="utf-8"
         )
         self.path = str(path)
         self.artifacts.append(str(path))
-        self._tables[doc["uid"]] = _Table(handle, list(doc.get("data_keys", {})))
+        try:
+            self._tables[uid] = _Table(handle, keys)
+        except BaseException:
+            handle.close()
+            raise
 
     def external(self, frames: ExternalFrames) -> None:
         refs = self._frames.setdefault((frames.descriptor, frames.data_key), {})

@@ -27,6 +27,7 @@ def run_demo(*, config: str | Path | None = None, data_root: Path | None = None)
 
     from .config import load_config, load_recorder_set
     from .metadata.device import attach_metadata
+    from .preflight import install_preflight
     from .sim import SimBeamline, connect_all, make_beamline
 
     root = (data_root or Path("demo-data")).expanduser().absolute()
@@ -52,6 +53,7 @@ def run_demo(*, config: str | Path | None = None, data_root: Path | None = None)
         RE = RunEngine(PersistentDict(str(root / ".runengine-md")))
         RE.subscribe(rs)
         attach_metadata(RE, metadata)
+        install_preflight(RE, rs.preflight)
         d = devices
         plans = [
             ("step scan", scan([d["ph_det"]], d["ph_mtr"], -1, 1, 11)),

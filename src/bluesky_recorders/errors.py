@@ -6,6 +6,8 @@
      ├── RecorderError        a recorder failed while handling a document
      │    └── DrainTimeoutError    a recorder did not finish its run in time
      ├── BeamlineError        an EPICS device or IOC cannot be reached
+     ├── PreflightError       a run cannot be recorded: refused before it starts (preflight;
+     │                        also OSError)
      ├── FeedServerError      the live feed's server cannot start (feed_server)
      ├── SegmentError         a shared-memory segment cannot be made or read (shm)
      │    ├── SegmentNotFoundError

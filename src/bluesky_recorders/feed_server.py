@@ -420,14 +420,7 @@ class FeedServer:
         """Serve in a daemon thread; returns once the server accepts connections."""
         import uvicorn
 
-        config = uvicorn.Config(
-            self.app(),
-            log_level="warning",
-            ws_max_size=MAX_CLIENT_MESSAGE,
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(self._config())
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [self._socket]},
@@ -451,12 +444,21 @@ class FeedServer:
         """Serve on this thread until stopped (SIGINT/SIGTERM)."""
         import uvicorn
 
-        config = uvicorn.Config(
-            self.app(), log_level="warning", ws_max_size=MAX_CLIENT_MESSAGE, lifespan="on",
+        self._server = uvicorn.Server(self._config())
+        self._server.run(sockets=[self._socket])
+
+    def _config(self) -> Any:
+        """uvicorn's settings: no access log (request lines may carry ``?token=``)."""
+        import uvicorn
+
+        return uvicorn.Config(
+            self.app(),
+            log_level="warning",
+            access_log=False,
+            ws_max_size=MAX_CLIENT_MESSAGE,
+            lifespan="on",
             timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(config)
-        self._server.run(sockets=[self._socket])
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving; idempotent."""

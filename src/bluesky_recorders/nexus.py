@@ -56,6 +56,7 @@ Format logic is in pure functions (:mod:`bluesky_recorders.nexus_layout`);
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -90,6 +91,7 @@ from .nexus_layout import (
     text_rows,
     to_text,
 )
+from .preflight import format_size, free_bytes, is_disk_full, parse_size
 from .recorder import FileRecorder, RunWriter
 
 __all__ = [
@@ -331,6 +333,8 @@ class NexusWriter(RunWriter):
     """Writes one run into one NeXus file (see the module docstring for the layout)."""
 
     recorder: NexusRecorder
+    #: The stop document was written (else closing writes the points received, see close).
+    stopped = False
 
     def __init__(self, start: Mapping[str, Any], recorder: NexusRecorder) -> None:
         super().__init__(start, recorder)
@@ -367,6 +371,7 @@ class NexusWriter(RunWriter):
             self._write_start(start)
             self._flush()
         except BaseException:
+            self.stopped = True  # nothing to keep: close as it is
             self.close()
             raise
 
@@ -757,6 +762,12 @@ class NexusWriter(RunWriter):
         if time.monotonic() >= self._flush_due:
             self._flush()
 
+    def tick(self) -> None:
+        """Flush rows kept longer than ``flush_interval`` because no event came after
+        them (slow points, a pause): the file lags the run by at most that, plus ~10 ms."""
+        if time.monotonic() >= self._flush_due and any(s.seqs for s in self._streams.values()):
+            self._flush()
+
     def external(self, frames: ExternalFrames) -> None:
         stream = self._streams.get(frames.descriptor)
         if stream is None:
@@ -1084,6 +1095,14 @@ class NexusWriter(RunWriter):
         f.flush()
         self._last_flush = time.monotonic()
         self._flush_due = self._last_flush + self.recorder.flush_interval
+        reserve = self.recorder.reserve
+        if reserve and (free := free_bytes(self.path)) < reserve:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: only {format_size(free)} free, less than the "
+                f"reserve of {format_size(reserve)} kept so that the file closes cleanly: "
+                "writing stops here, the file keeps every point up to this flush",
+            )
 
     def stop(self, doc: Mapping[str, Any]) -> None:
         self._write_pending()
@@ -1103,8 +1122,13 @@ class NexusWriter(RunWriter):
         f.flush()
         _set_text(entry, "end_time", iso_time(doc.get("time")))  # last: "the run is over"
         f.flush()
+        self.stopped = True
 
     def close(self) -> None:
+        if self.file is not None and not self.stopped and self.failure is None:
+            self._keep_points_received()
+        if self.file is not None and self.failure is not None and is_disk_full(self.failure):
+            _detach_from_disk(self.file, self.path)
         self._handles.clear()
         self._groups.clear()
         if self.file is not None:
@@ -1113,10 +1137,47 @@ class NexusWriter(RunWriter):
             finally:
                 self.file = None
 
+    def _keep_points_received(self) -> None:
+        """Closed before the run's stop document (it was lost on the way, or the process
+        stops mid-run): write the points received, as a flush does; no end_time."""
+        self.stopped = True
+        uid = self.start_doc.get("uid")
+        log.warning(
+            "%s: run %s closed without a stop document: the points received are kept, "
+            "the file has no end_time",
+            self.path,
+            uid,
+        )
+        try:
+            self._flush()
+        except Exception as err:  # closing must go on: the file keeps its last flush
+            log.warning("%s: cannot write the last points of run %s: %s", self.path, uid, err)
+
     def _warn_once(self, tag: str, msg: str, *args: Any) -> None:
         if tag not in self._warned:
             self._warned.add(tag)
             log.warning("%s: " + msg, self.path, *args)
+
+
+def _detach_from_disk(file: h5py.File, path: str) -> None:
+    """Point a file's descriptor at /dev/null, so that HDF5 can close it on a full disk.
+
+    HDF5 cannot close a file whose buffers it cannot write (every object's close
+    fails, and a second try crashes the process); the bytes it still holds would
+    not fit anyway. Writing them to /dev/null lets it close cleanly: the file keeps
+    what was on disk when the disk filled (every point up to the last flush).
+    """
+    try:
+        fd = file.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    except (OSError, ValueError, RuntimeError) as err:
+        log.error("%s: could not detach the file from the full disk: %s", path, err)
+    else:
+        log.warning("%s: the disk is full; the file keeps what was written before", path)
 
 
 def _padded(values: Any, n: int) -> list[Any]:
@@ -1194,6 +1255,12 @@ class NexusRecorder(FileRecorder):
         ``"{scan_id:05d}_{plan_name}_{uid:.8}.nxs"``).
     flush_interval
         Seconds between flushes (0: after every event page); also at stop.
+    reserve
+        Free space kept on the file's file system while a run goes on (bytes or
+        ``"64 MiB"``, the default; 0: none): below it, at a flush, the recorder stops
+        writing the run and closes the file cleanly with every point so far; the run
+        then aborts or goes on according to ``on_error``. A disk that fills anyway
+        (another program) is handled too: the file keeps what was written before.
     swmr
         Write with HDF5 SWMR (``libver="v110"``) so readers open the file
         with ``swmr=True`` during the run. Off by default: a SWMR file left by
@@ -1206,8 +1273,16 @@ class NexusRecorder(FileRecorder):
     writer_class = NexusWriter
     default_template = "{scan_id:05d}_{plan_name}_{uid:.8}.nxs"
 
-    def __init__(self, *, flush_interval: float = 1.0, swmr: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        flush_interval: float = 1.0,
+        swmr: bool = False,
+        reserve: int | str = "64 MiB",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.reserve = parse_size(reserve)
         self.flush_interval = float(flush_interval)
         self.swmr = bool(swmr)
         if not self.flush_interval >= 0:

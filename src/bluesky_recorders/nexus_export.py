@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
+import numpy as np
 
 from .errors import DocumentError
 from .nexus_layout import decode_rows, safe_key
@@ -95,6 +96,8 @@ def _stream_events(
             continue
         if ds.dtype.kind in "OS" and (ds.ndim == 1 or ds.dtype == "S1"):
             columns[key] = [_from_text(v, keys[key]) for v in decode_rows(ds[:n])]
+        elif _is_boolean(keys[key]):  # stored as NX_BOOLEAN, 0/1 in uint8
+            columns[key] = ds[:n].astype(bool).tolist()
         else:
             columns[key] = ds[:n].tolist()
     stamps: dict[str, Any] = {}
@@ -128,6 +131,17 @@ def _stream_events(
         if filled:
             event["filled"] = filled
         yield float(times[i]), i, event
+
+
+def _is_boolean(data_key: Mapping[str, Any]) -> bool:
+    """Whether the descriptor says the key holds booleans (scalars or arrays)."""
+    if data_key.get("dtype") == "boolean":
+        return True
+    numpy = data_key.get("dtype_numpy")
+    try:
+        return isinstance(numpy, str) and bool(numpy) and np.dtype(numpy).kind == "b"
+    except TypeError:
+        return False
 
 
 def _note_key(note: h5py.Group, keys: Mapping[str, Any]) -> str | None:

@@ -6,6 +6,7 @@ functions decide, and :mod:`bluesky_recorders.nexus_export` reads it back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -62,10 +63,16 @@ class ColumnSpec:
         return 0
 
 
+#: How booleans are stored: NeXus NX_BOOLEAN is an 8-bit integer, 0 or 1.
+BOOLEAN = np.dtype("uint8")
+
+
 def column_spec(data_key: Mapping[str, Any]) -> ColumnSpec | None:
     """The dataset for a descriptor data key; ``None`` for external data (linked instead).
 
-    Numbers are float64, integers int64, booleans bool, strings UTF-8 text;
+    Numbers are float64, integers int64, booleans 0/1 in uint8 (NeXus ``NX_BOOLEAN``:
+    h5py's own booleans are an HDF5 enum, which the NeXus C API cannot read), strings
+    UTF-8 text;
     arrays of a known 1-D or 2-D shape are stored inline (``dtype_numpy`` when
     the descriptor gives it, else float64); any other value is kept as JSON text.
     """
@@ -80,7 +87,7 @@ def column_spec(data_key: Mapping[str, Any]) -> ColumnSpec | None:
     if dtype == "integer" and not shape:
         return ColumnSpec(np.dtype("int64"))
     if dtype == "boolean" and not shape:
-        return ColumnSpec(np.dtype("bool"))
+        return ColumnSpec(BOOLEAN)
     if (
         dtype in ("array", "number", "integer")
         and 1 <= len(shape) <= 2
@@ -93,6 +100,8 @@ def column_spec(data_key: Mapping[str, Any]) -> ColumnSpec | None:
             np_dtype = None
         if np_dtype is None or np_dtype.kind not in "biuf":
             np_dtype = np.dtype("float64")
+        elif np_dtype.kind == "b":
+            np_dtype = BOOLEAN
         return ColumnSpec(np_dtype, shape)
     return ColumnSpec(None)
 
@@ -127,10 +136,20 @@ def column_block(values: Sequence[Any], spec: ColumnSpec) -> tuple[np.ndarray, i
 _NOT_NEXUS = re.compile(r"[^A-Za-z0-9_.]")
 
 
+#: Longest name :func:`safe_key` gives. The NeXus C API reads names into 64-byte buffers
+#: (NX_MAXNAMELEN) and overflows them on longer ones (``nxtraverse``: "stack smashing
+#: detected"); the rest is room for the writer's suffixes (``_2``, ``_positioner``).
+MAX_NAME = 48
+
+
 def safe_key(name: str) -> str:
     """A data key as a valid NeXus name: letters, digits, ``_`` and inner ``.`` only
-    (``"TR diode"`` becomes ``"TR_diode"``; the writer keeps the key in ``@data_key``)."""
+    (``"TR diode"`` becomes ``"TR_diode"``; the writer keeps the key in ``@data_key``).
+    A name longer than :data:`MAX_NAME` is cut and ends with a hash of the whole key."""
     out = _NOT_NEXUS.sub("_", name).strip(".")
+    if len(out) > MAX_NAME:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        out = f"{out[: MAX_NAME - 9]}_{digest}"
     return out or "_"
 
 

@@ -229,7 +229,10 @@ def run_directory(
             f"cannot name a data directory under {root}: start document "
             f"{start_doc.get('uid', '?')} has no numeric 'time'"
         )
-    return experiment_dir(root, when=when, pi_last_name=last if isinstance(last, str) else None)
+    # a month or PI folder that is a symbolic link out of the root is refused here, before
+    # anything (the preflight probe included) is written through it
+    folder = experiment_dir(root, when=when, pi_last_name=last if isinstance(last, str) else None)
+    return ensure_inside(root, folder)
 
 
 class _SafeFormatter(string.Formatter):

@@ -324,7 +324,13 @@ def draw_run(settings: DrawSettings, job: PlotJob) -> list[str]:
     for figure in plots.figures:
         path = directory / figure.file
         job.path = str(path)
-        png = render_png(figure, size=settings.size, dpi=settings.dpi)
+        try:
+            png = render_png(figure, size=settings.size, dpi=settings.dpi)
+        except (ValueError, OverflowError) as err:
+            # matplotlib cannot scale an axis whose range overflows (values near
+            # ±1.8e308): this signal gets no PNG, the others and the sidecar still do
+            _not_drawn(plots.sidecar, figure.signal, f"could not be drawn: {err}")
+            continue
         write_new_file(settings.policy, root, path, png)
         written.append(str(path))
     path = directory / SIDECAR
@@ -334,6 +340,17 @@ def draw_run(settings: DrawSettings, job: PlotJob) -> list[str]:
     written.append(str(path))
     _fsync_dir(directory)
     return written
+
+
+def _not_drawn(sidecar: dict[str, Any], signal: str, why: str) -> None:
+    """Move ``signal`` from the sidecar's ``figures`` to its ``not_plotted``."""
+    sidecar["figures"] = [f for f in sidecar["figures"] if f["signal"] != signal]
+    sidecar["not_plotted"][signal] = why
+    if not sidecar["figures"]:
+        sidecar["kind"] = None
+        sidecar["why_no_plot"] = "no figure could be drawn: " + "; ".join(
+            f"{k}: {v}" for k, v in sidecar["not_plotted"].items()
+        )
 
 
 def _draw_elsewhere(

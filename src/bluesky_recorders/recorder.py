@@ -26,7 +26,8 @@ import event_model
 
 from .errors import DocumentError, RecorderError
 from .external import AssetIndex, ExternalFrames, PathMap
-from .paths import DirectoryPolicy
+from .paths import DirectoryPolicy, run_directory
+from .preflight import DEFAULT_MIN_FREE, check_directory, disk_full_note, parse_size
 
 __all__ = ["DOCUMENT_NAMES", "FileRecorder", "OnError", "Recorder", "RunWriter", "WhenFull"]
 
@@ -67,9 +68,15 @@ class RunWriter(event_model.DocumentRouter):
         self.artifacts: list[str] = []
         #: The file being written now, named in error messages.
         self.path: str = ""
+        #: The exception that ended the run early for this writer (set before close).
+        self.failure: BaseException | None = None
 
     def external(self, frames: ExternalFrames) -> None:
         """Called with each piece of external data, before its event."""
+
+    def tick(self) -> None:
+        """Called on the recorder's thread when its queue is empty (about every 10 ms,
+        inside a RecorderSet): for work due by time, not by document (a flush)."""
 
     def close(self) -> None:
         """Release files and resources; called once, after stop or after a failure."""
@@ -93,6 +100,9 @@ class Recorder:
         (live views; start, descriptor and stop are never dropped).
     path_map
         IOC-side path prefix -> local prefix, for detector files.
+    min_free
+        For recorders that write files: free space their file system must have
+        before a run starts (bytes or ``"1 GiB"``; default 1 GiB; 0: no check).
     """
 
     #: Name of this kind of recorder in recorders/*.toml.
@@ -113,8 +123,10 @@ class Recorder:
         queue_size: int = 2_000,
         when_full: WhenFull | None = None,
         path_map: Mapping[str, str] | PathMap | None = None,
+        min_free: int | str = DEFAULT_MIN_FREE,
     ) -> None:
         self.name = name or self.kind
+        self.min_free = parse_size(min_free)
         self.on_error: OnError = on_error or ("abort" if self.saves_data else "warn")
         if self.on_error not in ("abort", "warn"):
             raise ValueError(f"on_error must be 'abort' or 'warn', not {self.on_error!r}")
@@ -144,6 +156,17 @@ class Recorder:
         """Make the writer for a run, or None to skip the run."""
         return self.writer_class(start, self)
 
+    def preflight_dirs(self, start: Mapping[str, Any]) -> list[Path]:
+        """The folders this recorder will write the run into (none for live views)."""
+        return []
+
+    def preflight(self, start: Mapping[str, Any]) -> None:
+        """Check that the run can be written: raise
+        :class:`~bluesky_recorders.preflight.PreflightError` naming the folder and the
+        cause (not writable, or less than ``min_free`` free) if it cannot."""
+        for directory in self.preflight_dirs(start):
+            check_directory(directory, min_free=self.min_free, who=self.name)
+
     @property
     def artifacts(self) -> dict[str, list[str]]:
         """Run uid -> the files written for that run (open runs included)."""
@@ -152,13 +175,26 @@ class Recorder:
             out[uid] = list(writer.artifacts)
         return out
 
+    def tick(self) -> None:
+        """Let each open run's writer do work due by time (:meth:`RunWriter.tick`)."""
+        for run, writer in list(self._writers.items()):
+            if run in self._failed:
+                continue
+            try:
+                writer.tick()
+            except Exception as err:  # reported like a failure on a document
+                self._writer_failed(run, "", {}, err)
+
     def close(self) -> None:
         """Close every open run's writer. Idempotent."""
         if self._closed:
             return
         self._closed = True
         for uid in list(self._writers):
-            self._finish(uid)
+            try:
+                self._finish(uid)
+            except Exception as err:  # the other runs' files must be closed all the same
+                self.log.error("%s: closing run %s failed: %s", self.name, uid, err)
 
     def __enter__(self) -> Recorder:
         return self
@@ -186,7 +222,10 @@ class Recorder:
     def process(self, name: str, doc: Mapping[str, Any]) -> None:
         """Handle one document; any failure is raised as a RecorderError."""
         if name == "event":  # the fast path: what _run_of and _route do for such events
-            route = self._event_routes.get(doc.get("descriptor"))  # type: ignore[arg-type]
+            try:
+                route = self._event_routes.get(doc.get("descriptor"))  # type: ignore[arg-type]
+            except (AttributeError, TypeError):  # not a mapping: said below
+                route = None
             if route is not None:
                 run, handle = route
                 try:
@@ -202,9 +241,17 @@ class Recorder:
                 doc_uid=_uid(doc),
             )
         try:
+            if not isinstance(doc, Mapping):
+                raise DocumentError(
+                    f"a {name} document must be a mapping, not {type(doc).__name__}", name=name
+                )
             run = self._run_of(name, doc)
         except DocumentError as err:
             raise RecorderError(self.name, cause=err, doc_name=name, doc_uid=_uid(doc)) from err
+        except (KeyError, TypeError, AttributeError) as err:  # a required key missing or wrong
+            what = f"has no key {err}" if isinstance(err, KeyError) else f"is malformed: {err}"
+            cause = DocumentError(f"{name} document {_uid(doc) or '(no uid)'} {what}", name=name)
+            raise RecorderError(self.name, cause=cause, doc_name=name, doc_uid=_uid(doc)) from err
         if run is None or run in self._failed:
             if name == "stop" and run is not None:
                 self._forget(run)
@@ -225,17 +272,29 @@ class Recorder:
         self._failed.add(run)
         writer = self._writers.get(run)
         path = writer.path if writer is not None else ""
-        self._finish(run)
+        if writer is not None:
+            writer.failure = err
+        try:
+            self._finish(run)
+        except Exception as close_err:  # the first failure is the one to report
+            err.add_note(f"closing {path or 'the run'} then failed too: {close_err}")
         if name == "stop":
             self._forget(run)
-        raise RecorderError(
+        failure = RecorderError(
             self.name, cause=err, run_uid=run, path=path, doc_name=name, doc_uid=_uid(doc)
-        ) from err
+        )
+        note = disk_full_note(err, path)
+        if note:
+            failure.add_note(note)
+            failure.args = (f"{failure.args[0]} ({note})",)
+        raise failure from err
 
     def _run_of(self, name: str, doc: Mapping[str, Any]) -> str | None:
         """Which run a document belongs to (None: a run this recorder skips)."""
         if name == "start":
             uid = doc["uid"]
+            if not isinstance(uid, str) or not uid:
+                raise DocumentError(f"start document uid {uid!r} is not a non-empty string")
             if uid in self._writers:
                 raise DocumentError(f"a second start document with uid {uid}", name=name, uid=uid)
             try:
@@ -432,6 +491,8 @@ def _is_filled(flag: object) -> bool:
 
 def _uid(doc: Mapping[str, Any]) -> str:
     """The uid to name in a message (the first one of a page)."""
+    if not isinstance(doc, Mapping):
+        return ""
     for key in ("uid", "datum_id"):
         if key in doc:
             value = doc[key]
@@ -471,3 +532,12 @@ class FileRecorder(Recorder):
         self.data_root = Path(os.path.expanduser(os.fspath(data_root))).absolute()
         self.policy = policy or DirectoryPolicy()
         self.file_template = self.default_template if file_template is None else file_template
+
+    def preflight_dirs(self, start: Mapping[str, Any]) -> list[Path]:
+        """The run's experiment folder (:func:`~bluesky_recorders.paths.run_directory`)."""
+        return [run_directory(self.data_root, start, path_map=self.path_map)]
+
+    def make_writer(self, start: Mapping[str, Any]) -> RunWriter | None:
+        """Check the run's folder (:meth:`preflight`), then make the writer."""
+        self.preflight(start)
+        return super().make_writer(start)

@@ -10,24 +10,29 @@ The RunEngine thread pays for the checks of rare documents and one queue
 ``put`` per recorder. The stop document drains every queue, so when
 ``RE(...)`` returns each recorder has finished the run. A failure of a
 recorder whose policy is ``abort`` is raised on the RunEngine thread at its
-next document (which makes bluesky abort the run, with the message as the
-stop document's reason) or at the stop; ``warn`` failures are only logged.
+next document, once that document is handed to every recorder (which makes
+bluesky abort the run, with the message as the stop document's reason) or at
+the stop; ``warn`` failures are only logged.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import event_model
 import jsonschema
 
 from .errors import DocumentError, DrainTimeoutError, RecorderError
-from .recorder import Recorder
+from .paths import PathPolicyError
+from .preflight import PreflightError, check_directory
+from .recorder import Recorder, RunWriter
 from .runlog import RunLog
 
 __all__ = ["RecorderSet"]
@@ -112,9 +117,16 @@ class _Worker:
     def _loop(self) -> None:
         items = self._items
         process = self.recorder.process
+        # writers with work due by time (a NeXus flush) are called when the queue is empty
+        ticks = type(self.recorder).writer_class.tick is not RunWriter.tick
         while True:
             self._wake.wait(self.poll)
             self._wake.clear()
+            if ticks and not items:
+                try:
+                    self.recorder.tick()
+                except RecorderError as err:
+                    self._report(self.recorder, err)
             while items:
                 item = items.popleft()
                 if item is _CLOSE:
@@ -238,22 +250,55 @@ class RecorderSet:
                 out[r.name] = paths
         return out
 
+    def preflight(self, start: Mapping[str, Any]) -> None:
+        """Check, before a run starts, that every recorder can write it.
+
+        ``start`` is the start document to come (its uid may be a placeholder).
+        Raises one :class:`~bluesky_recorders.preflight.PreflightError` naming every
+        recorder that cannot (folder not writable, less free space than its
+        ``min_free``), and the run log's folder. :func:`install_preflight
+        <bluesky_recorders.preflight.install_preflight>` calls it before ``open_run``.
+        """
+        problems: list[str] = []
+        first: OSError | None = None
+        for recorder in self._recorders:
+            try:
+                recorder.preflight(start)
+            except (OSError, PathPolicyError) as err:
+                problems.append(str(err))
+                first = first or (err if isinstance(err, OSError) else None)
+        if self.run_log is not None:
+            try:
+                check_directory(Path(self.run_log.path).parent, min_free=0, who="run log")
+            except PreflightError as err:
+                problems.append(str(err))
+                first = first or err
+        if problems:
+            code = first.errno if first is not None and first.errno else errno.EACCES
+            raise PreflightError(code, "run refused before it started: " + "; ".join(problems))
+
     # -- the document stream ------------------------------------------------
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         if name == "event" and not (self._closed or self._failures or self._refused):
             # the common case, in short: no failure to raise, no refused run, no checks
             self._fan_out(name, doc)
+            if self._failures:  # an inline recorder failed on this event
+                self._raise_pending(name, doc)
             return
         if self._closed:
             raise RuntimeError("this RecorderSet is closed")
-        self._raise_pending(name, doc)
+        if not isinstance(doc, Mapping):
+            raise DocumentError(
+                f"a {name} document must be a mapping, not {type(doc).__name__}", name=name
+            )
         if self._refused and self._belongs_to_refused(name, doc):
+            self._raise_pending(name, doc)
             return
         if self.validate and name in _VALIDATED:
             try:
                 _validate(name, doc)
             except DocumentError:
-                if name == "start":
+                if name == "start" and isinstance(doc.get("uid"), str):
                     self._refused.add(doc["uid"])
                 raise
         if name == "start":
@@ -263,6 +308,10 @@ class RecorderSet:
         self._fan_out(name, doc)
         if name == "stop":
             self._end_run(doc)
+        else:
+            # after the fan-out: the RunEngine counts this document as emitted, so every
+            # other recorder must have it before the failure aborts the run
+            self._raise_pending(name, doc)
 
     def _fan_out(self, name: str, doc: Mapping[str, Any]) -> None:
         """Queue the document for each threaded recorder; hand it to each inline one."""
@@ -337,6 +386,14 @@ class RecorderSet:
             return
         with self._lock:
             failures, self._failures = self._failures, []
+        if name == "start":
+            # failures of earlier runs, or of documents of no run (a run whose stop never
+            # came, a stray event), were logged when they happened: they must not abort
+            # the run that starts now
+            new = doc.get("uid") if isinstance(doc, Mapping) else None
+            failures = [f for f in failures if f.run_uid == new]
+            if not failures:
+                return
         first = failures[0]
         if len(failures) > 1:
             more = "; ".join(str(f) for f in failures[1:])
@@ -378,7 +435,18 @@ def _validate(name: str, doc: Mapping[str, Any]) -> None:
         path = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise DocumentError(
             f"{name} document {uid or '(no uid)'} breaks the event-model schema at {path}: "
-            f"{err.message}",
+            f"{_schema_rule(err)}",
             name=name,
             uid=str(uid),
         ) from None
+
+
+def _schema_rule(err: jsonschema.ValidationError) -> str:
+    """The rule a value breaks, without quoting the value (it may be an e-mail address,
+    and these messages are logged)."""
+    if err.validator in ("required", "additionalProperties"):
+        return err.message  # names keys, never values
+    return (
+        f"a value of type {type(err.instance).__name__} breaks the rule "
+        f"{err.validator}: {err.validator_value!r}"
+    )

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .paths import PathExistsError, PathPolicyError
+
 __all__ = ["RunLog", "RunRecord"]
 
 _SCHEMA = """
@@ -70,14 +72,20 @@ class RunLog:
         return f"RunLog({str(self.path)!r})"
 
     def _connect(self) -> sqlite3.Connection:
+        # SQLite follows a symbolic link, even a dangling one (it would create the
+        # database where the link points, outside the data root): refuse any
+        if self.path.is_symlink():
+            raise PathPolicyError(f"refusing the run log {self.path}: it is a symbolic link")
         new = not self.path.exists()
         if new and self.policy is not None:
             self.policy.make_dirs(self.path.parent, self.path.parent)
+            try:  # create-only, with the policy's mode and group (an empty file is a database)
+                self.policy.open_new(self.path, "xb").close()
+            except PathExistsError:
+                pass  # another process made it meanwhile
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=10)
-        if new and self.policy is not None:
-            self.policy.apply_file(self.path)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         con.executescript(_SCHEMA)

@@ -137,6 +137,7 @@ def setup_session(
     from bluesky.utils import PersistentDict
 
     from .config import load_config, load_recorder_set
+    from .preflight import install_preflight
 
     state = Path(state_dir).expanduser() if state_dir else default_state_dir()
     state.mkdir(parents=True, exist_ok=True)
@@ -170,6 +171,8 @@ def setup_session(
 
             metadata = MetadataService(prefix, name="metadata")
             attach_metadata(RE, metadata, require_metadata=rs.settings.require_metadata)
+        # after attach_metadata: the check sees the experiment's data directory
+        install_preflight(RE, rs.preflight)
 
         def catalog() -> Any:
             """Open the catalog the catalog recorder writes."""

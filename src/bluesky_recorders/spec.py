@@ -48,6 +48,7 @@ import re
 import socket
 import stat
 import string
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -112,6 +113,9 @@ MAX_PENDING = 1000
 #: Longest label in ``#L``/``#O``: the C parser of silx and PyMca keeps 255 characters
 #: of a longer name (a static buffer of 256), spec2nexus all of them.
 MAX_LABEL = 255
+#: Largest ``#S`` number: PyMca reads scan numbers into a C ``int`` (10**12 came back as
+#: -727379968); a larger scan_id is renumbered like a used one.
+MAX_SCAN_NUMBER = 2**31 - 1
 #: Most positioners in ``#O``/``#P``: the C parser of silx and PyMca reads positions into
 #: a static array of 300 (``SfAllMotorPos``): with more, silx reads wrong values (320) or
 #: crashes (1000). The others become ``#C baseline`` lines.
@@ -143,11 +147,27 @@ def one_line(text: object) -> str:
     return _SPACE.sub(" ", _CONTROL.sub(" ", str(text))).strip()
 
 
+def ascii_name(text: str) -> str:
+    """``text`` in ASCII: accents dropped (``"dét"`` -> ``"det"``), any other character
+    written as ``u`` and its code point (``"日本"`` -> ``"u65e5u672c"``). silx.io.open
+    fails on a ``#L`` name that is not ASCII (UnicodeEncodeError), and the C parser
+    counts :data:`MAX_LABEL` in bytes."""
+    if text.isascii():
+        return text
+    out = []
+    for c in unicodedata.normalize("NFKD", text):
+        if c.isascii():
+            out.append(c)
+        elif not unicodedata.combining(c):
+            out.append(f"u{ord(c):04x}")
+    return "".join(out)
+
+
 def sanitize_label(name: object) -> str:
-    """A name for ``#L``/``#O`` (two spaces separate names): whitespace and control
-    characters inside it become one ``_``; an empty name becomes ``unnamed``; at most
-    :data:`MAX_LABEL` characters."""
-    text = _SPACE.sub("_", _CONTROL.sub(" ", str(name)).strip())
+    """A name for ``#L``/``#O`` (two spaces separate names): ASCII (:func:`ascii_name`);
+    whitespace and control characters inside it become one ``_``; an empty name becomes
+    ``unnamed``; at most :data:`MAX_LABEL` characters."""
+    text = _SPACE.sub("_", _CONTROL.sub(" ", ascii_name(str(name))).strip())
     return text[:MAX_LABEL] or "unnamed"
 
 
@@ -742,10 +762,10 @@ class FileState:
     headers: int = 0
 
     def next_number(self, wanted: Any) -> int:
-        """``wanted`` (the RunEngine's scan_id) if it is a positive integer not used yet,
-        else the highest number used plus one."""
+        """``wanted`` (the RunEngine's scan_id) if it is a positive integer not used yet
+        and at most :data:`MAX_SCAN_NUMBER`, else the highest number used plus one."""
         if isinstance(wanted, int) and not isinstance(wanted, bool):
-            if wanted > 0 and wanted not in self.numbers:
+            if 0 < wanted <= MAX_SCAN_NUMBER and wanted not in self.numbers:
                 return wanted
         return max(self.numbers, default=0) + 1
 
@@ -1351,10 +1371,15 @@ class SpecWriter(RunWriter):
         if first:
             self.number = number
             if scan_id != number:
+                positive = (
+                    isinstance(scan_id, int) and not isinstance(scan_id, bool) and scan_id > 0
+                )
                 why = (
-                    "already used in this file"
-                    if isinstance(scan_id, int) and not isinstance(scan_id, bool) and scan_id > 0
-                    else "not a positive integer"
+                    "not a positive integer"
+                    if not positive
+                    else f"more than {MAX_SCAN_NUMBER} (PyMca's largest scan number)"
+                    if scan_id > MAX_SCAN_NUMBER
+                    else "already used in this file"
                 )
                 comments.append(
                     f"scan_id = {comment_value(scan_id)} (RunEngine) is {why}: "

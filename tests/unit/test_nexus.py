@@ -696,7 +696,7 @@ def test_a_detector_file_held_by_its_writer_never_blocks_the_run(tmp_path):
 
 
 def test_a_key_that_is_no_nexus_name_comes_back_under_its_own_name(tmp_path):
-    """"cam image" is stored as cam_image (@data_key keeps the key); the export finds it."""
+    """ "cam image" is stored as cam_image (@data_key keeps the key); the export finds it."""
     from bluesky_recorders.nexus_export import read_nexus_run
 
     def renamed(mapping):
@@ -718,3 +718,41 @@ def test_a_key_that_is_no_nexus_name_comes_back_under_its_own_name(tmp_path):
             "cam image"
         )
     assert comparable(read_nexus_run(path).documents) == comparable(docs)
+
+
+def test_a_point_followed_by_a_pause_reaches_the_file_within_the_flush_interval(tmp_path):
+    """No event comes after it to trigger the flush: the RecorderSet's idle tick does."""
+    from bluesky_recorders import RecorderSet
+    from procs import wait_for
+
+    docs = scalar_run(3, baseline=False)
+    recorder = NexusRecorder(data_root=tmp_path, flush_interval=0.2)
+    rs = RecorderSet([recorder], validate=False)
+    events = [d for n, d in docs if n == "event"]
+    for name, doc in docs:
+        if name == "event" and doc is not events[0]:
+            continue
+        if name == "stop":
+            break
+        rs(name, doc)
+    wait_for(lambda: recorder.artifacts, timeout=30, what="the NeXus file")
+    (path,) = recorder.artifacts[docs[0][1]["uid"]]
+
+    def rows() -> int:
+        # in a child process: HDF5 would hand this process the writer's own open file
+        code = (
+            "import h5py, sys; f = h5py.File(sys.argv[1], 'r', locking=False); "
+            "print(len(f['entry/data/det']))"
+        )
+        return int(
+            subprocess.run(
+                [sys.executable, "-c", code, path], capture_output=True, text=True, check=True
+            ).stdout
+        )
+
+    wait_for(lambda: rows() == 1, timeout=30, what="the paused point to reach the file")
+    for doc in events[1:]:
+        rs("event", doc)
+    rs(*docs[-1])
+    rs.close()
+    assert rows() == 3

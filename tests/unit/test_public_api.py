@@ -16,6 +16,7 @@ MODULES = [
     "external",
     "recorder",
     "recorder_set",
+    "preflight",
     "runlog",
     "console",
     "catalog",

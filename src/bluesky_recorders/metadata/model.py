@@ -138,13 +138,17 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def _parse_users(text: str, *, where: str) -> list[dict[str, str]]:
-    """A users JSON text as a list of ``{"name", "email"}``; MetadataValueError if bad."""
+    """A users JSON text as a list of ``{"name", "email"}``; MetadataValueError if bad.
+
+    Messages never quote the text: it holds e-mail addresses, and they are logged
+    (:func:`snapshot_from_values`, the IOC refusing a put). The same for objects below.
+    """
     if not text.strip():
         return []
     try:
         users = json.loads(text)
     except ValueError as exc:
-        raise MetadataValueError(f"{where}: not valid JSON ({exc}): {_short(text)}") from None
+        raise MetadataValueError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(users, list):
         raise MetadataValueError(
             f'{where}: must be a JSON list of {{"name": ..., "email": ...}}, '
@@ -178,14 +182,10 @@ def _parse_object(text: str, *, where: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except ValueError as exc:
-        raise MetadataValueError(f"{where}: not valid JSON ({exc}): {_short(text)}") from None
+        raise MetadataValueError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise MetadataValueError(f"{where}: must be a JSON object, got {type(obj).__name__}")
     return obj
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _dumps(obj: Any) -> str:

@@ -1,4 +1,4 @@
-"""Fixtures for system tests against the simulated beamline (real IOCs on loopback).
+"""Fixtures shared by the system and fault tests (real IOCs and servers on loopback).
 
 ``sim`` starts the IOCs once per session on free 127.0.0.1 ports and points this
 process's Channel Access clients at them; ``beamline`` is the connected devices dict.
