@@ -109,22 +109,26 @@ def _rows(path: Path) -> int:
         return len(f["entry/data/det"])
 
 
+def _refused(text: str, data_root: Path) -> tuple[str, list[str], RunEngine]:
+    """A scan under ``install_preflight`` that must be refused: the message, the
+    documents the RunEngine emitted, the RunEngine."""
+    rs = load_recorder_set(text=text, data_root=data_root)
+    RE = RunEngine({})
+    docs: list[str] = []
+    RE.subscribe(lambda name, doc: docs.append(name))
+    RE.subscribe(rs)
+    install_preflight(RE, rs.preflight)
+    motor, det, _ = _devices()
+    with pytest.raises(PreflightError) as info:
+        RE(scan([det], motor, -1, 1, 3))
+    rs.close()
+    return str(info.value), docs, RE
+
+
 def test_a_run_is_refused_before_it_starts_when_the_disk_is_nearly_full(tmp_path):
     with small_disk(tmp_path / "small", "2m") as small:
-        rs = load_recorder_set(
-            text="[settings]\nmin_free = '1 GiB'\n[recorders.nexus]\n[recorders.spec]\n",
-            data_root=small,
-        )
-        RE = RunEngine({})
-        docs = []
-        RE.subscribe(lambda name, doc: docs.append(name))
-        RE.subscribe(rs)
-        install_preflight(RE, rs.preflight)
-        motor, det, _ = _devices()
-        with pytest.raises(PreflightError) as info:
-            RE(scan([det], motor, -1, 1, 3))
-        rs.close()
-        message = str(info.value)
+        text = "[settings]\nmin_free = '1 GiB'\n[recorders.nexus]\n[recorders.spec]\n"
+        message, docs, RE = _refused(text, small)
         assert "run refused before it started" in message
         assert f"recorder 'nexus': cannot record into {small}" in message
         assert "recorder 'spec'" in message
@@ -136,20 +140,8 @@ def test_a_run_is_refused_before_it_starts_when_the_disk_is_nearly_full(tmp_path
 
 def test_a_read_only_data_root_fails_before_the_run_starts(tmp_path):
     with small_disk(tmp_path / "ro", read_only=True) as ro:
-        rs = load_recorder_set(
-            text="[settings]\nmin_free = 0\n[recorders.nexus]\n[recorders.catalog]\n",
-            data_root=ro,
-        )
-        RE = RunEngine({})
-        docs = []
-        RE.subscribe(lambda name, doc: docs.append(name))
-        RE.subscribe(rs)
-        install_preflight(RE, rs.preflight)
-        motor, det, _ = _devices()
-        with pytest.raises(PreflightError) as info:
-            RE(scan([det], motor, -1, 1, 3))
-        rs.close()
-        message = str(info.value)
+        text = "[settings]\nmin_free = 0\n[recorders.nexus]\n[recorders.catalog]\n"
+        message, docs, _ = _refused(text, ro)
         assert f"recorder 'nexus': cannot record into {ro}" in message
         assert f"recorder 'catalog': cannot record into {ro}/catalog" in message
         assert "Read-only file system" in message

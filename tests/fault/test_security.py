@@ -228,6 +228,20 @@ def record(recorders: dict, docs, kinds=None) -> dict[str, list[RecorderError]]:
     return failures
 
 
+def record_runs(
+    recorders: dict[str, Any], runs: dict[str, Any], to_catalog: tuple[str, ...]
+) -> dict[str, Any]:
+    """:func:`record` each run (the ones in ``to_catalog`` by the catalog too), then close."""
+    try:
+        return {
+            name: record(recorders, docs, None if name in to_catalog else EXPERIMENT_KINDS)
+            for name, docs in runs.items()
+        }
+    finally:
+        for recorder in recorders.values():
+            recorder.close()
+
+
 def logged_failures(caplog, recorder_kind: str) -> list[RecorderError]:
     """The RecorderErrors logged by one recorder's logger (the plots log their own)."""
     return [
@@ -336,14 +350,7 @@ def test_experiment_folders_from_metadata_never_leave_the_data_root(sandbox):
     to_catalog = ("dotdot", "pi-dotdot")
     before = sandbox.outside_state()
     recorders = make_recorders(root)
-    try:
-        failures = {
-            name: record(recorders, docs, None if name in to_catalog else EXPERIMENT_KINDS)
-            for name, docs in runs.items()
-        }
-    finally:
-        for recorder in recorders.values():
-            recorder.close()
+    failures = record_runs(recorders, runs, to_catalog)
 
     for name in refused:
         uid = runs[name][0][1]["uid"]
@@ -382,14 +389,7 @@ def test_plan_names_and_uids_become_safe_file_names_inside_the_root(sandbox):
     recorders = make_recorders(root, draw_in="process")  # matplotlib warns of a NUL glyph
     # the catalog names nothing after the plan: three runs show it records them inside
     to_catalog = ("dotdot", "nul-newline", "uid")
-    try:
-        failures = {
-            name: record(recorders, docs, None if name in to_catalog else EXPERIMENT_KINDS)
-            for name, docs in runs.items()
-        }
-    finally:
-        for recorder in recorders.values():
-            recorder.close()
+    failures = record_runs(recorders, runs, to_catalog)
 
     commissioning = root / month_of(runs["uid"][0][1]) / "commissioning"
     for name, docs in runs.items():
