@@ -116,8 +116,15 @@ class Bench:
         return errors
 
     def close(self) -> None:
+        """Close every recorder (the shm one unlinks its segment), even if one fails."""
+        errors = []
         for recorder in self.recorders.values():
-            recorder.close()
+            try:
+                recorder.close()
+            except Exception as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
 
 
 def assert_clear(kind: str, name: str, doc: Any, err: RecorderError) -> None:
