@@ -99,12 +99,14 @@ def parse_size(value: int | float | str) -> int:
 
 def format_size(size: int) -> str:
     """``1.5 GiB``, ``12.0 MiB``, ``512 B``: what a message shows."""
+    if abs(size) < 1024:
+        return f"{size} B"
     value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+    for unit in ("KiB", "MiB", "GiB"):
         value /= 1024
-    raise AssertionError("unreachable")
+        if abs(value) < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} TiB"
 
 
 def _existing(path: Path) -> Path:

@@ -284,8 +284,7 @@ class Recorder:
             self.name, cause=err, run_uid=run, path=path, doc_name=name, doc_uid=_uid(doc)
         )
         note = disk_full_note(err, path)
-        if note:
-            failure.add_note(note)
+        if note:  # in the message itself: it is what gets logged and put in the stop's reason
             failure.args = (f"{failure.args[0]} ({note})",)
         raise failure from err
 
