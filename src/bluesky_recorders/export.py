@@ -193,7 +193,8 @@ def source_runs(source: str, *, catalog: Any = None) -> tuple[list[SourceRun], l
 
 def catalog_documents(catalog: Any, key: str) -> Iterator[tuple[str, Docs]]:
     """``(uid, documents)`` of the catalog runs ``key`` names: a uid or unique
-    prefix, a scan id (the latest run with it), or ``key=value`` (every match)."""
+    prefix, a scan id (the latest run with it; digits that match no scan id are tried as a
+    uid prefix), or ``key=value`` (every match)."""
     if "=" in key:
         from databroker.queries import Key
 
@@ -206,8 +207,13 @@ def catalog_documents(catalog: Any, key: str) -> Iterator[tuple[str, Docs]]:
         runs = list(results.values())
         if not runs:
             raise BsrecError(f"no catalog run matches {key!r}")
-    elif key.isdigit():
+    elif key.isdigit() and len(key) < 8:  # a scan id; 8 digits may begin a uid
         runs = [catalog[int(key)]]
+    elif key.isdigit():  # a scan id, else a uid prefix made only of digits
+        try:
+            runs = [catalog[int(key)]]
+        except KeyError:
+            runs = [catalog[key]]
     else:
         try:
             runs = [catalog[key]]
