@@ -120,10 +120,13 @@ class AssetIndex:
         self._resources: dict[str, Mapping[str, Any]] = {}
         self._datums: dict[str, tuple[str, Mapping[str, Any]]] = {}
         self._stream_resources: dict[str, Mapping[str, Any]] = {}
+        #: resource uid -> (local path, source path): the same for all its datums
+        self._paths: dict[str, tuple[str, str]] = {}
 
     # feeding -------------------------------------------------------------
     def resource(self, doc: Mapping[str, Any]) -> None:
         self._resources[doc["uid"]] = doc
+        self._paths.pop(doc["uid"], None)
 
     def datum_page(self, page: Mapping[str, Any]) -> None:
         resource = page["resource"]
@@ -169,7 +172,10 @@ class AssetIndex:
             ) from None
         spec = res.get("spec", "")
         rkw = res.get("resource_kwargs", {}) or {}
-        path, source = self.resource_path(res)
+        paths = self._paths.get(resource_uid)
+        if paths is None:
+            paths = self._paths[resource_uid] = self.resource_path(res)
+        path, source = paths
         per_point = int(rkw.get("frame_per_point", 1) or 1)
         index = kwargs.get("point_number", kwargs.get("index", kwargs.get("frame", 0)))
         try:

@@ -155,6 +155,28 @@ def test_catalog_runs_exported_by_uid_prefix_scan_id_and_query(tmp_path, catalog
     assert not missing[0].ok and "no catalog run" in missing[0].problems[0]
 
 
+def test_a_uid_prefix_of_eight_digits_is_not_taken_for_a_scan_id(tmp_path):
+    """1 run in 50 has a uid beginning with 8 digits: its prefix names it, as any other."""
+    from bluesky_recorders.catalog import CatalogRecorder
+
+    docs = scalar_run(3, scan_id=41)
+    old = docs[0][1]["uid"]
+    uid = "01179295" + old[8:]
+    for _, doc in docs:
+        for key in ("uid", "run_start"):
+            if doc.get(key) == old:
+                doc[key] = uid
+    recorder = CatalogRecorder(data_root=tmp_path / "data", batch_size=10)
+    feed(recorder, docs)
+    try:
+        (result,) = export(["01179295"], ["jsonl"], tmp_path / "out", catalog=recorder.catalog)
+        (by_scan_id,) = export(["41"], ["jsonl"], tmp_path / "out2", catalog=recorder.catalog)
+    finally:
+        recorder.close()
+    assert result.ok and result.run_uid == uid
+    assert by_scan_id.ok and by_scan_id.run_uid == uid
+
+
 def test_gzipped_document_lists_are_sources(tmp_path):
     docs = scalar_run(2)
     path = tmp_path / "run.json.gz"
