@@ -1,0 +1,105 @@
+"""h5objects writes the same HDF5 objects as h5py's high-level API, only faster."""
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+from bluesky_recorders.h5objects import growing_dataset, new_group, set_attr, text_dataset
+
+
+def _attr_type(obj, name):
+    tid = h5py.h5a.open(obj.id, name.encode()).get_type()
+    if tid.get_class() == h5py.h5t.STRING:
+        return (tid.get_class(), tid.is_variable_str(), tid.get_cset())
+    return (tid.get_class(), tid.get_size(), tid.get_order())
+
+
+def _describe(ds):
+    plist = ds.id.get_create_plist()
+    return (
+        ds.dtype,
+        ds.shape,
+        ds.maxshape,
+        ds.chunks,
+        ds.compression,
+        ds.compression_opts,
+        None if ds.fillvalue is None else repr(ds.fillvalue),
+        plist.get_obj_track_times(),
+        ds.id.get_type().get_class(),
+    )
+
+
+@pytest.mark.parametrize(
+    "value", ["NXentry", "ünïcode ✓", 7, -(2**40), 2.5, math.nan, ["a", "bc"], ("x",)]
+)
+def test_attributes_as_h5py_writes_them(tmp_path, value):
+    with h5py.File(tmp_path / "f.h5", "w", libver=("v110", "v110")) as f:
+        ours, theirs = f.create_group("ours"), f.create_group("theirs")
+        set_attr(ours, "a", value)
+        theirs.attrs["a"] = value
+        assert _attr_type(ours, "a") == _attr_type(theirs, "a")
+        got, want = ours.attrs["a"], theirs.attrs["a"]
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_an_existing_attribute_or_another_type_goes_through_h5py(tmp_path):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        set_attr(f, "a", "one")
+        set_attr(f, "a", "two")  # overwritten, as attrs[...] = does
+        set_attr(f, "flag", True)
+        set_attr(f, "arr", np.arange(3))
+        set_attr(f, "naïve", "name not ASCII")
+        assert f.attrs["a"] == "two"
+        assert f.attrs["flag"] == np.True_
+        assert list(f.attrs["arr"]) == [0, 1, 2]
+        assert f.attrs["naïve"] == "name not ASCII"
+
+
+def test_groups_and_text_as_h5py_writes_them(tmp_path):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        ours = new_group(f, "ours")
+        theirs = f.create_group("theirs")
+        assert isinstance(ours, h5py.Group)
+        link = f.id.links.get_info(b"ours")
+        assert link.cset == f.id.links.get_info(b"theirs").cset
+        for name, text in (("t", "hello"), ("u", "ünïcode ✓"), ("empty", "")):
+            mine = text_dataset(ours, name, text)
+            ref = theirs.create_dataset(name, data=text, dtype=h5py.string_dtype())
+            assert mine[()] == ref[()] == text.encode()
+            assert _describe(mine) == _describe(ref)
+            assert mine.id.get_type().get_cset() == ref.id.get_type().get_cset()
+        sub = new_group(f, "é")  # not ASCII: through h5py
+        assert sub.name == "/é"
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, maxshape, chunks, fill, gzip",
+    [
+        ("float64", (0,), (None,), (1024,), math.nan, None),
+        ("int64", (0,), (None,), (1024,), None, None),
+        ("uint16", (0, 4, 5), (None, 4, 5), (51, 4, 5), None, None),
+        ("float32", (0, 3), (None, 3), (341, 3), math.nan, None),
+        ("S1", (0, 0), (None, None), (256, 64), None, 1),
+    ],
+)
+def test_growing_datasets_as_h5py_writes_them(tmp_path, dtype, shape, maxshape, chunks, fill, gzip):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        mine = growing_dataset(
+            f, "ours", np.dtype(dtype), shape, maxshape, chunks, fill=fill, gzip=gzip
+        )
+        extra = {"compression": "gzip", "compression_opts": gzip} if gzip else {}
+        ref = f.create_dataset(
+            "theirs",
+            shape=shape,
+            maxshape=maxshape,
+            chunks=chunks,
+            dtype=dtype,
+            fillvalue=fill,
+            **extra,
+        )
+        assert _describe(mine) == _describe(ref)
+        for ds in (mine, ref):
+            ds.resize(3, axis=0)
+        np.testing.assert_array_equal(mine[()], ref[()])  # same fill
