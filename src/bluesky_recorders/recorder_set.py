@@ -49,10 +49,6 @@ _CLOSE = object()
 _POLL_INTERVAL = 0.01
 #: Seconds the stop document waits, at most, for a recorder whose policy is 'warn'.
 _LIVE_DRAIN_LIMIT = 10.0
-#: Rows a 'block' recorder may fall behind before the producer lets it catch up
-#: (see _Worker), and how long the producer waits for it then, at most.
-_PACE_ROWS = 256
-_PACE_TIMEOUT = 0.05
 
 
 def _weight(name: str, doc: Mapping[str, Any]) -> int:
@@ -75,24 +71,12 @@ class _Worker:
     A producer that finds the queue full waits until it is down to half
     (``resume``), not for a single free place: else the two threads would hand
     the lock to each other for every document once the recorder is the slower.
-
-    Pacing (recorders that block, not those that drop): a producer that finds a
-    recorder more than ``pace`` rows behind waits, up to ``_PACE_TIMEOUT``, until
-    it is down to half of that. A recorder slower than the RunEngine then handles
-    documents made a moment ago, still in the processor's cache, instead of ones
-    made a full queue ago (measured: 20 % less CPU per event for the NeXus
-    recorder than with a full queue of 2,000 rows). A recorder that does not catch
-    up in time is stalled (a slow disk): pacing stops until it has caught up, and
-    the queue absorbs the stall up to ``maxsize`` as before.
     """
 
     def __init__(self, recorder: Recorder, report: Any, poll: float = _POLL_INTERVAL) -> None:
         self.recorder = recorder
         self.maxsize = max(1, recorder.queue_size)
         self.resume = self.maxsize // 2  # a full queue takes documents again at this size
-        # pacing (see above): only where the producer may wait anyway
-        self.pace = _PACE_ROWS if recorder.when_full == "block" and self.maxsize > _PACE_ROWS else 0
-        self._pacing = bool(self.pace)
         self.dropped = 0
         self.poll = poll
         self._items: deque[Any] = deque()
@@ -115,23 +99,14 @@ class _Worker:
         return self._enqueued - self._done
 
     def put(self, name: str, doc: Mapping[str, Any]) -> None:
-        behind = self._rows_in - self._rows_out
-        full = False
-        if behind >= self.maxsize:
+        if self._rows_in - self._rows_out >= self.maxsize:
             if self.recorder.when_full == "drop" and name not in _NEVER_DROPPED:
                 self.dropped += 1
                 return
             self._wait_for(lambda: self._rows_in - self._rows_out <= self.resume, None)
             full = True
-        elif self.pace and behind >= self.pace:
-            if self._pacing:
-                half = self.pace // 2
-                self._pacing = self._wait_for(
-                    lambda: self._rows_in - self._rows_out <= half, _PACE_TIMEOUT
-                )
-                full = True
-        elif self.pace and not self._pacing and behind <= self.pace // 2:
-            self._pacing = True  # caught up after a stall
+        else:
+            full = False
         weight = 1 if name == "event" else _weight(name, doc)
         self._items.append((name, doc, weight))
         self._rows_in += weight

@@ -9,7 +9,6 @@ from bluesky import RunEngine
 from bluesky.plans import count, scan
 from ophyd.sim import det, motor
 
-from bluesky_recorders import recorder_set
 from bluesky_recorders.errors import DocumentError, DrainTimeoutError, RecorderError
 from bluesky_recorders.recorder import Recorder, RunWriter
 from bluesky_recorders.recorder_set import RecorderSet
@@ -229,53 +228,3 @@ def test_run_without_stop_stays_running_in_the_log(tmp_path):
     assert log.recent()[0].exit_status == "running"
     rs.close()
 
-
-class LagWriter(SlowWriter):
-    """Notes how far behind the producer its recorder is at every event."""
-
-    def event_page(self, doc):
-        worker = self.recorder.worker
-        self.recorder.lags.append(worker._rows_in - worker._rows_out)
-        super().event_page(doc)
-
-
-class LagRecorder(SlowRecorder):
-    writer_class = LagWriter
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.lags, self.worker = [], None
-
-
-def test_a_recorder_slower_than_the_producer_is_paced(monkeypatch):
-    """A 'block' recorder that cannot keep up handles documents made a moment ago,
-    not a full queue ago: the producer lets it catch up once it is _PACE_ROWS behind."""
-    monkeypatch.setattr(recorder_set, "_PACE_TIMEOUT", 60.0)  # no stall here: always wait
-    monkeypatch.setattr(recorder_set, "_PACE_ROWS", 64)
-    rec = LagRecorder(name="slow", delay=0.0002, queue_size=2_000)
-    rs = RecorderSet([rec])
-    rec.worker = rs._workers[rec.name]
-    docs = scalar_run(1_000, baseline=False)
-    feed(rs, docs)
-    assert rec.done[docs[0][1]["uid"]] == list(range(1, 1_001))
-    assert max(rec.lags) <= 65  # unpaced: up to 1,000
-    rs.close()
-
-
-def test_a_stalled_recorder_does_not_hold_the_producer_until_its_queue_is_full():
-    """Pacing stops for a recorder that does not catch up in time (a slow disk): the
-    queue absorbs the stall up to queue_size, as without pacing."""
-    rec = SlowRecorder(name="stalled", queue_size=2_000)
-    rec.gate = threading.Event()  # the writer is stuck until the gate opens
-    rs = RecorderSet([rec])
-    docs = scalar_run(1_000, baseline=False)
-    feeder = threading.Thread(target=feed, args=(rs, docs[:-1]))
-    feeder.start()
-    feeder.join(30)  # one wait of _PACE_TIMEOUT; without the stall rule, one per event
-    stalled = feeder.is_alive()
-    rec.gate.set()
-    feeder.join(60)
-    feed(rs, docs[-1:])
-    assert not stalled
-    assert rec.done[docs[0][1]["uid"]] == list(range(1, 1_001))
-    rs.close()
