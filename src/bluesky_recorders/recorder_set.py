@@ -18,6 +18,7 @@ the stop; ``warn`` failures are only logged.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import event_model
 import jsonschema
+import jsonschema_rs
 
 from .errors import DocumentError, DrainTimeoutError, RecorderError
 from .paths import PathPolicyError
@@ -427,7 +429,24 @@ class RecorderSet:
         return f"<RecorderSet [{names}]>"
 
 
+@functools.cache
+def _fast_validator(name: str) -> Any:
+    """A compiled (jsonschema-rs) validator of event-model's schema for ``name``."""
+    schema = event_model.schema_validators[event_model.DocumentNames[name]].schema
+    return jsonschema_rs.validator_for(schema)
+
+
 def _validate(name: str, doc: Mapping[str, Any]) -> None:
+    """Refuse a document that breaks event-model's schema. jsonschema-rs answers first
+    (a descriptor: ~0.02 ms instead of ~4 ms); anything it does not pass (a broken
+    document, or values it cannot read as JSON: tuples, numpy arrays, which
+    event-model's own validator accepts as arrays) goes to event-model's validator,
+    which decides and says what is wrong."""
+    try:
+        if _fast_validator(name).is_valid(doc):
+            return
+    except Exception:  # a value it cannot convert: event-model decides
+        pass
     try:
         event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
     except jsonschema.ValidationError as err:

@@ -4,11 +4,13 @@ import logging
 import threading
 import time
 
+import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.plans import count, scan
 from ophyd.sim import det, motor
 
+from bluesky_recorders import recorder_set
 from bluesky_recorders.errors import DocumentError, DrainTimeoutError, RecorderError
 from bluesky_recorders.recorder import Recorder, RunWriter
 from bluesky_recorders.recorder_set import RecorderSet
@@ -190,6 +192,27 @@ def test_a_document_breaking_the_schema_is_refused_with_name_and_uid():
     rs.close()
 
 
+def test_numpy_values_and_tuples_are_judged_by_event_model():
+    """jsonschema-rs answers first but reads only JSON types; event-model's validator,
+    which takes tuples and numpy arrays for arrays, decides the rest."""
+    rec = SlowRecorder()
+    rs = RecorderSet([rec])
+    docs = scalar_run(2, baseline=False)
+    start = docs[0][1]
+    start["plan_args"] = {"positions": np.arange(3), "shape": (2, 3), "step": np.float64(0.5)}
+    descriptor = next(d for n, d in docs if n == "descriptor")
+    for key in descriptor["data_keys"].values():
+        key["shape"] = tuple(key["shape"])
+    with pytest.raises(ValueError, match="ndarray"):  # jsonschema-rs cannot read it
+        recorder_set._fast_validator("start").is_valid(start)
+    feed(rs, docs)
+    assert rec.done[start["uid"]] == [1, 2]
+    bad = dict(descriptor, uid="d2", data_keys={"x": {"dtype": "number", "shape": (), "source": 5}})
+    with pytest.raises(DocumentError, match="source"):
+        rs("descriptor", bad)
+    rs.close()
+
+
 def test_the_rest_of_a_refused_run_is_skipped_quietly(caplog):
     rec = SlowRecorder()
     rs = RecorderSet([rec])
@@ -227,4 +250,3 @@ def test_run_without_stop_stays_running_in_the_log(tmp_path):
     feed(rs, scalar_run(3)[:-1])
     assert log.recent()[0].exit_status == "running"
     rs.close()
-
