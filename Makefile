@@ -30,6 +30,7 @@ install: apt web $(STAMP)
 WEB_STAMP  := web/node_modules/.ci-stamp
 WEB_VENDOR := src/bluesky_recorders/web/static/vendor
 PLOTLY_DIR := web/node_modules/plotly.js-cartesian-dist-min
+UPLOT_DIR  := web/node_modules/uplot
 
 $(WEB_STAMP): web/package.json web/package-lock.json
 	@command -v npm >/dev/null || { \
@@ -43,7 +44,12 @@ $(WEB_VENDOR)/plotly-cartesian.min.js: $(WEB_STAMP)
 	cp $(PLOTLY_DIR)/plotly-cartesian.min.js $@
 	cp $(PLOTLY_DIR)/LICENSE $(WEB_VENDOR)/plotly-LICENSE.txt
 
-web: $(WEB_VENDOR)/plotly-cartesian.min.js
+$(WEB_VENDOR)/uPlot.iife.min.js: $(WEB_STAMP)
+	mkdir -p $(WEB_VENDOR)
+	cp $(UPLOT_DIR)/dist/uPlot.iife.min.js $(UPLOT_DIR)/dist/uPlot.min.css $(WEB_VENDOR)/
+	cp $(UPLOT_DIR)/LICENSE $(WEB_VENDOR)/uplot-LICENSE.txt
+
+web: $(WEB_VENDOR)/plotly-cartesian.min.js $(WEB_VENDOR)/uPlot.iife.min.js
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

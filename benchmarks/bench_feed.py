@@ -2,9 +2,12 @@
 
 A real RunEngine feeds a :class:`~bluesky_recorders.feed.FeedRecorder` serving the
 live page to Debian's chromium (headless, driven by Playwright, on this machine),
-in three ways: subscribed to the RunEngine directly, inside a ``RecorderSet``
-(its own thread, as in a ``bsrec session``), and as ``bsrec feed --zmq`` in a process
-of its own behind bluesky's 0MQ proxy (the RunEngine's process only publishes).
+in four ways: subscribed to the RunEngine directly (server in a thread of the
+RunEngine's process); inside a ``RecorderSet`` (inline, the recorder's default) with
+the server in a thread; inside a ``RecorderSet`` with the server in a process of its own
+(``serve_in="process"``: what ``bsrec session`` runs, ``recorders/default.toml``); and
+as ``bsrec feed --zmq`` in a process of its own behind bluesky's 0MQ proxy (the
+RunEngine's process only publishes).
 
   latency    the RunEngine emits events at 100 and 1,000 events/s (a plan of
              bluesky Msgs on an absolute schedule: x and y ophyd Signals read into
@@ -141,10 +144,10 @@ class Events:
 class Feed:
     """A FeedRecorder (subscribed directly or in a RecorderSet) and its page."""
 
-    def __init__(self, label: str, RE: RunEngine, context, in_set: bool):
+    def __init__(self, label: str, RE: RunEngine, context, in_set: bool, serve_in="thread"):
         self.label = label
         self.RE = RE
-        self.recorder = FeedRecorder(serve="127.0.0.1:0")
+        self.recorder = FeedRecorder(serve="127.0.0.1:0", serve_in=serve_in)
         self.recorders = RecorderSet([self.recorder]) if in_set else None
         self.url = self.recorder.server.url
         self.token = None
@@ -342,7 +345,8 @@ def main(argv=None) -> int:
         )
         feeds = [
             Feed("feed, direct", RE, context, in_set=False),
-            Feed("feed in a RecorderSet", RE, context, in_set=True),
+            Feed("set, server thread", RE, context, in_set=True),
+            Feed("set, server process", RE, context, in_set=True, serve_in="process"),
             RemoteFeed("bsrec feed (0MQ)", RE, context),
         ]
         try:

@@ -222,6 +222,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
     if args.token_file:
         options["token_file"] = args.token_file
     options["on_error"] = "abort"  # serving is this command's whole job: a busy port is an error
+    options["serve_in"] = "thread"  # this process is the server's own already
     recorder = FeedRecorder(**options)  # type: ignore[arg-type]
     assert recorder.server is not None
     url = recorder.server.url.split("?")[0]

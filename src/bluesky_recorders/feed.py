@@ -4,12 +4,18 @@
 feed's messages (:mod:`bluesky_recorders.feed_messages`) and publishes them to
 a :class:`~bluesky_recorders.feed_server.FeedHub`, which a
 :class:`~bluesky_recorders.feed_server.FeedServer` serves over WebSocket and
-Server-Sent Events together with the live page. ``bsrec feed --zmq HOST:PORT``
+Server-Sent Events together with the live page: in a thread of this process, or
+(``serve_in="process"``, the default recorder set's choice) in a process of its own
+(:class:`~bluesky_recorders.feed_server.FeedProcess`), so that the server never waits
+for the RunEngine's GIL. ``bsrec feed --zmq HOST:PORT``
 runs the same recorder and server in a process of its own, fed by bluesky's
 0MQ proxy, so that the network never shares the RunEngine's process.
 
-A live view: a failure is logged and the run goes on (policy ``warn``), and
-when its queue is full it drops events rather than hold the RunEngine. With a
+A live view: a failure is logged and the run goes on (policy ``warn``). In a
+``RecorderSet`` it runs inline on the RunEngine's thread by default (``threaded=False``:
+turning an event into a message and handing it to the hub costs about 10 µs, less
+than a thread hand-off would cost in latency and in GIL switches); nothing the network
+does can hold it, as every client has its own bounded queue that drops points. With a
 ``data_root`` the page lists each run's end-of-run plots (written by the
 ``plots`` recorder into ``<experiment dir>/end_of_run/``).
 """
@@ -32,7 +38,7 @@ from .feed_messages import (
     run_end_message,
     run_start_message,
 )
-from .feed_server import FeedHub, FeedServer, FeedServerError, is_loopback
+from .feed_server import FeedHub, FeedProcess, FeedServer, FeedServerError, is_loopback
 from .paths import run_directory
 from .recorder import Recorder, RunWriter
 
@@ -169,6 +175,14 @@ class FeedRecorder(Recorder):
         Rows of the current run kept for clients that join mid-run.
     websocket
         False: serve Server-Sent Events only (behind a proxy without WebSocket).
+    serve_in
+        ``"thread"`` (default): the server runs in a thread of this process;
+        ``"process"``: in a process of its own, fed through a Unix socket (what
+        ``recorders/default.toml`` chooses: a RunEngine busy at 1,000 events/s
+        would hold a server thread off its GIL for up to hundreds of ms).
+    threaded
+        In a ``RecorderSet``: False (default), inline on the RunEngine's thread; True,
+        on a thread of its own behind a queue (which drops events when full).
     """
 
     kind = "feed"
@@ -188,9 +202,11 @@ class FeedRecorder(Recorder):
         client_queue: int = 10_000,
         max_rows: int = 200_000,
         websocket: bool = True,
+        serve_in: str = "thread",
+        threaded: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(threaded=threaded, **kwargs)
         from . import __version__
 
         self.streams = frozenset(streams)
@@ -205,19 +221,39 @@ class FeedRecorder(Recorder):
             plots=(lambda start: end_of_run_plots(root, start, path_map)) if root else None,
             version=__version__,
         )
-        self.server: FeedServer | None = None
+        if serve_in not in ("thread", "process"):
+            raise ValueError(f"serve_in must be 'thread' or 'process', not {serve_in!r}")
+        self.server: FeedServer | FeedProcess | None = None
         if serve:
             host, port = parse_address(serve)
             secret = token or read_token(token_file)
             try:
-                server = FeedServer(
-                    self.hub,
-                    host=host,
-                    port=port,
-                    token=secret,
-                    allowed_origins=allowed_origins,
-                    websocket=websocket,
-                )
+                server: FeedServer | FeedProcess
+                if serve_in == "process":
+                    server = FeedProcess(
+                        host=host,
+                        port=port,
+                        token=secret,
+                        allowed_origins=allowed_origins,
+                        websocket=websocket,
+                        hub_options={
+                            "history": history,
+                            "client_queue": client_queue,
+                            "max_rows": max_rows,
+                            "version": __version__,
+                        },
+                        plots=(str(root), dict(path_map.prefixes)) if root else None,
+                    )
+                    self.hub.forward = server.send  # this process's hub keeps the runs too
+                else:
+                    server = FeedServer(
+                        self.hub,
+                        host=host,
+                        port=port,
+                        token=secret,
+                        allowed_origins=allowed_origins,
+                        websocket=websocket,
+                    )
             except FeedServerError as err:
                 # No token for a public address is a mistake to fix; a busy port (another
                 # session serves the page) costs only this page when live views may fail.
@@ -225,7 +261,7 @@ class FeedRecorder(Recorder):
                     raise
                 self.log.error("%s: %s; the runs are not served by this process", self.name, err)
             else:
-                self.server = server.start()
+                self.server = server.start() if isinstance(server, FeedServer) else server
                 self.log.info("%s: live page at %s", self.name, server.url.split("?")[0])
 
     def close(self) -> None:

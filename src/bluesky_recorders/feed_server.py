@@ -7,9 +7,13 @@
 
 :class:`FeedHub` keeps the current run so far and the recent runs, and hands
 every message to each connected client's own bounded queue. Publishing costs
-the recorder's thread a lock and an append (the event loop is woken once per
-batch, with ``call_soon_threadsafe``): nothing the
-network does can slow the RunEngine. A client that falls behind by more than
+the recorder's thread a lock and an append: nothing the network does can slow the
+RunEngine. The event loop hands the messages on in batches, at most one batch every
+``batch_interval`` (20 ms): a message that finds the loop idle for that long goes at
+once, the others wait for the next batch. So however fast events come, the loop is
+woken (``call_soon_threadsafe``) at most twice per interval and each client gets one
+send per interval, which keeps the server's share of the GIL small when it shares
+the RunEngine's process. A client that falls behind by more than
 ``client_queue`` points loses the newest points and is told so with a
 ``dropped`` message (it may fetch ``/api/current`` to rebuild the run); the
 other clients are not affected. A client that joins mid-run first receives
@@ -30,12 +34,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import ipaddress
 import json
 import logging
+import math
+import pickle
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +55,7 @@ from urllib.parse import urlsplit
 from .errors import BsrecError
 from .feed_messages import PROTOCOL_VERSION, dropped_message, extend_points, merge_points
 
-__all__ = ["FeedHub", "FeedServer", "FeedServerError", "is_loopback"]
+__all__ = ["FeedHub", "FeedProcess", "FeedServer", "FeedServerError", "is_loopback"]
 
 log = logging.getLogger("bluesky_recorders.feed")
 
@@ -53,9 +63,10 @@ log = logging.getLogger("bluesky_recorders.feed")
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 #: Largest message a client may send (it only ever needs to say nothing).
 MAX_CLIENT_MESSAGE = 4096
-#: Seconds a client's sender waits after a wake-up, so that one send carries what
-#: arrives meanwhile (fewer sends and encodings when events come fast).
-COALESCE = 0.003
+#: Seconds between two batches the hub hands to the clients, at least: one wake-up of
+#: the event loop and one send per client carry what arrived meanwhile (the latency
+#: this adds is at most this; fewer wake-ups, sends and encodings when events come fast).
+BATCH_INTERVAL = 0.02
 #: Seconds between keep-alive comments on an idle Server-Sent Events stream.
 SSE_KEEPALIVE = 15.0
 
@@ -205,8 +216,12 @@ class FeedHub:
         max_rows: int = 200_000,
         plots: PlotLocator | None = None,
         version: str = "",
+        batch_interval: float = BATCH_INTERVAL,
+        forward: Callable[[dict[str, Any], Mapping[str, Any] | None], None] | None = None,
     ) -> None:
         self.client_queue = int(client_queue)
+        self.batch_interval = float(batch_interval)
+        self.forward = forward  # also hands every message to this (a FeedProcess)
         self.max_rows = int(max_rows)
         self.plots = plots
         self.version = version
@@ -217,6 +232,7 @@ class FeedHub:
         self._clients: set[_Client] = set()
         self._outbox: list[tuple[int, dict[str, Any]]] = []
         self._woken = False  # a _deliver is scheduled on the loop
+        self._delivered = -math.inf  # loop time of the last _deliver
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- producer side (any thread) ------------------------------------------------
@@ -224,8 +240,10 @@ class FeedHub:
         """Record ``msg`` in the run state and pass it on to every client.
 
         Messages wait in one list for the event loop, which is woken once for all the
-        messages published while it was busy (not once per message).
+        messages published until its next batch (not once per message).
         """
+        if self.forward is not None:
+            self.forward(msg, start_doc)
         with self._lock:
             kind = msg["type"]
             if kind == "run_start":
@@ -260,7 +278,7 @@ class FeedHub:
         if wake:
             assert loop is not None
             try:
-                loop.call_soon_threadsafe(self._deliver)
+                loop.call_soon_threadsafe(self._schedule)
             except RuntimeError:  # the loop closed meanwhile
                 with self._lock:
                     self._woken = False
@@ -333,7 +351,20 @@ class FeedHub:
     def clients(self) -> int:
         return len(self._clients)
 
+    def _schedule(self) -> None:
+        """Deliver now if the last batch is ``batch_interval`` old, else when it is."""
+        loop = self.loop
+        if loop is None:
+            return
+        wait = self._delivered + self.batch_interval - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self._deliver)
+        else:
+            self._deliver()
+
     def _deliver(self) -> None:
+        if self.loop is not None:
+            self._delivered = self.loop.time()
         with self._lock:
             batch = list(self._outbox)
             self._outbox.clear()
@@ -353,6 +384,25 @@ class FeedHub:
         for client in self._clients:
             client.closed = True
             client.ready.set()
+
+
+def _listen(host: str, port: int, token: str | None) -> socket.socket:
+    """The server's listening socket (a public address needs a token)."""
+    if not is_loopback(host) and not token:
+        raise FeedServerError(
+            f"feed server: refusing to listen on {host} without a token "
+            "(set token_file or BSREC_FEED_TOKEN; only loopback addresses may go without)"
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise FeedServerError(f"feed server: cannot listen on {host}:{port}: {err}") from err
+    sock.listen(64)
+    return sock
 
 
 #: Placeholder in the outbox for "send the runs list now" (made on the loop's thread).
@@ -385,26 +435,14 @@ class FeedServer:
         token: str | None = None,
         allowed_origins: Iterable[str] = (),
         websocket: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
-        if not is_loopback(host) and not token:
-            raise FeedServerError(
-                f"feed server: refusing to listen on {host} without a token "
-                "(set token_file or BSREC_FEED_TOKEN; only loopback addresses may go without)"
-            )
         self.hub = hub
         self.host = host
         self.token = token or None
         self.allowed_origins = {o.rstrip("/") for o in allowed_origins}
         self.websocket = websocket
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._socket.bind((host, port))
-        except OSError as err:
-            self._socket.close()
-            raise FeedServerError(f"feed server: cannot listen on {host}:{port}: {err}") from err
-        self._socket.listen(64)
+        self._socket = sock if sock is not None else _listen(host, port, token)
         self.port = self._socket.getsockname()[1]
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -533,7 +571,6 @@ class FeedServer:
                         if not client.ready.is_set():
                             yield ": keep-alive\n\n"
                             continue
-                        await asyncio.sleep(COALESCE)
                         client.ready.clear()
                         texts = client.take()
                         if texts:
@@ -560,7 +597,6 @@ class FeedServer:
             async def pump() -> None:
                 while not client.closed:
                     await client.ready.wait()
-                    await asyncio.sleep(COALESCE)  # one send for what arrives meanwhile
                     client.ready.clear()
                     for text in client.take():
                         await ws.send_text(text)
@@ -616,3 +652,277 @@ class FeedServer:
             if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
                 return 401, "a valid token is required"
         return None
+
+
+#: Points messages larger than this (pickled) go to the server process in parts.
+MAX_PACKET = 64 * 1024
+#: Rows a FeedProcess holds while the server process cannot take more; beyond, points
+#: are dropped (and the clients told), as a client's own queue does.
+PROCESS_BACKLOG = 10_000
+
+
+def _packet(msg: Mapping[str, Any], start_doc: Mapping[str, Any] | None = None) -> bytes:
+    return pickle.dumps((msg, start_doc), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _halves(msg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A points message as two, each with half of the rows."""
+    half = len(msg["seq_num"]) // 2
+    return [
+        {
+            **msg,
+            "seq_num": msg["seq_num"][part],
+            "time": msg["time"][part],
+            "data": {k: v[part] for k, v in msg["data"].items()},
+        }
+        for part in (slice(None, half), slice(half, None))
+    ]
+
+
+class FeedProcess:
+    """The hub and its web server in a process of their own, fed through a Unix socket.
+
+    ::
+
+        FeedRecorder --send(msg)--> Unix socket --> python -m bluesky_recorders.feed_server
+         (RunEngine thread: pickle, one non-blocking send)      FeedHub + FeedServer
+
+    A server in the RunEngine's process needs its GIL, which a RunEngine that is busy
+    at 1,000 events/s hands over only now and then (hundreds of ms late at times,
+    measured); its garbage collections and JSON encoding would also be the
+    RunEngine's. Here the RunEngine's thread pickles each message and sends it
+    (``SOCK_SEQPACKET``, never blocking); when the server process is behind, messages
+    wait here (at most ``PROCESS_BACKLOG`` rows of points; beyond, points are dropped
+    and a ``dropped`` message says so), and a thread hands them over as the process
+    takes them (it runs only while messages wait). The listening socket is bound here, so a busy
+    port or a public address without a token is an error of this call; the token
+    goes to the process through the socket, not its command line. The process ends
+    when this object is stopped or this process dies (the socket closes).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        allowed_origins: Iterable[str] = (),
+        websocket: bool = True,
+        hub_options: Mapping[str, Any] | None = None,
+        plots: tuple[str, Mapping[str, str]] | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        listener = _listen(host, port, token)
+        self.host = host
+        self.port = listener.getsockname()[1]
+        self.token = token or None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with contextlib.suppress(OSError):
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        fds = (listener.fileno(), theirs.fileno())
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "bluesky_recorders.feed_server", *map(str, fds)],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the session pauses the RunEngine, not this
+            )
+        finally:
+            listener.close()
+            theirs.close()
+        config = {
+            "host": host,
+            "token": self.token,
+            "allowed_origins": list(allowed_origins),
+            "websocket": websocket,
+            "hub": dict(hub_options or {}),
+            "plots": plots,
+        }
+        try:
+            ours.sendall(pickle.dumps(config))
+            ours.settimeout(start_timeout)
+            ready = ours.recv(64)
+        except OSError:
+            ready = b""
+        if ready != b"ready":
+            ours.close()
+            self._proc.kill()
+            self._proc.wait()
+            raise FeedServerError(
+                f"feed server process on {host}:{self.port} did not start "
+                f"(exit status {self._proc.returncode})"
+            )
+        ours.setblocking(False)
+        self._sock = ours
+        self._lock = threading.Lock()
+        # (message, packet, rows): what waits for the process, in order
+        self._backlog: deque[tuple[dict[str, Any], bytes, int]] = deque()
+        self._backlog_rows = 0
+        self._flusher: threading.Thread | None = None  # runs while messages wait
+        self.dropped = 0  # points dropped here, in all
+        self.alive = True
+
+    @property
+    def url(self) -> str:
+        """The page's address (with the token, to open in a browser)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        base = f"http://{host}:{self.port}/"
+        return f"{base}?token={self.token}" if self.token else base
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def send(self, msg: dict[str, Any], start_doc: Mapping[str, Any] | None = None) -> None:
+        """Hand one message to the server process; never blocks (FeedHub's ``forward``)."""
+        if not self.alive:
+            return
+        packet = _packet(msg, start_doc)
+        if msg["type"] == "points" and len(packet) > MAX_PACKET and len(msg["seq_num"]) > 1:
+            for part in _halves(msg):
+                self.send(part)
+            return
+        with self._lock:
+            if self._backlog:
+                self._flush()
+            if not self._backlog and self._try(packet, msg):
+                return
+            self._hold(msg, packet)
+
+    def _try(self, packet: bytes, msg: Mapping[str, Any]) -> bool:
+        """Send one packet: True once it is gone (or can never go), False if it would block."""
+        try:
+            self._sock.send(packet)
+        except BlockingIOError:
+            return False
+        except OSError as err:
+            if err.errno == errno.EMSGSIZE:
+                log.warning("feed: a %s message of %d bytes is too large; left out",
+                            msg["type"], len(packet))  # fmt: skip
+            else:
+                self._died(err)
+        return True
+
+    def _flush(self) -> None:
+        while self._backlog:
+            msg, packet, rows = self._backlog[0]
+            if not self._try(packet, msg):
+                return
+            self._backlog.popleft()
+            self._backlog_rows -= rows
+
+    def _hold(self, msg: dict[str, Any], packet: bytes) -> None:
+        if self._flusher is None:  # hands the backlog over even if no message follows
+            self._flusher = threading.Thread(
+                target=self._flush_later, name="bsrec-feed-backlog", daemon=True
+            )
+            self._flusher.start()
+        rows = len(msg["seq_num"]) if msg["type"] == "points" else 0
+        if rows and self._backlog_rows + rows > PROCESS_BACKLOG:
+            self.dropped += rows
+            last = self._backlog[-1][0] if self._backlog else None
+            if last is not None and last["type"] == "dropped" and last["run"] == msg["run"]:
+                last["points"] += rows
+                self._backlog[-1] = (last, _packet(last), 0)
+            else:
+                notice = dropped_message(msg["run"], rows)
+                self._backlog.append((notice, _packet(notice), 0))
+            return
+        self._backlog.append((msg, packet, rows))
+        self._backlog_rows += rows
+
+    def _flush_later(self) -> None:
+        while True:
+            time.sleep(0.01)
+            with self._lock:
+                if self.alive:
+                    self._flush()
+                if not self._backlog or not self.alive:
+                    self._flusher = None
+                    return
+
+    def _died(self, err: OSError) -> None:
+        if self.alive:
+            self.alive = False
+            log.error("feed: the server process has ended (%s); the page is no longer served",
+                      err)  # fmt: skip
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Hand over what waits (for up to ``timeout``), end the process; idempotent."""
+        with self._lock:
+            if self.alive and self._backlog:
+                self._sock.settimeout(timeout)
+                with contextlib.suppress(OSError):
+                    for _msg, packet, _rows in self._backlog:
+                        self._sock.send(packet)
+                self._backlog.clear()
+            self.alive = False
+            self._sock.close()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def _serve_child(listen_fd: int, feed_fd: int) -> int:
+    """The server process of a :class:`FeedProcess`: messages in, the feed served out."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    feed = socket.socket(fileno=feed_fd)
+    config = pickle.loads(feed.recv(1 << 20))
+    plots = None
+    if config["plots"]:
+        from .external import PathMap
+        from .feed import end_of_run_plots
+
+        root, path_map = config["plots"][0], PathMap(dict(config["plots"][1]))
+        plots = lambda start: end_of_run_plots(root, start, path_map)  # noqa: E731
+    hub = FeedHub(plots=plots, **config["hub"])
+    server = FeedServer(
+        hub,
+        host=config["host"],
+        token=config["token"],
+        allowed_origins=config["allowed_origins"],
+        websocket=config["websocket"],
+        sock=socket.socket(fileno=listen_fd),
+    ).start()
+    buffer = bytearray(1 << 21)  # larger than any packet (the sender's buffer is smaller)
+    view = memoryview(buffer)
+    ended = threading.Event()
+    loop = hub.loop
+    assert loop is not None
+
+    def readable() -> None:
+        """On the event loop (one thread: no GIL hand-offs): every packet waiting."""
+        while True:
+            try:
+                n = feed.recv_into(buffer)
+            except BlockingIOError:
+                return
+            except OSError:
+                n = 0
+            if not n:  # the recorder closed its end, or its process died
+                loop.remove_reader(feed.fileno())
+                ended.set()
+                return
+            msg, start_doc = pickle.loads(view[:n])
+            hub.publish(msg, start_doc)
+
+    feed.setblocking(False)
+    loop.call_soon_threadsafe(loop.add_reader, feed.fileno(), readable)
+    feed.send(b"ready")
+    try:
+        ended.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve_child(int(sys.argv[1]), int(sys.argv[2])))

@@ -1,10 +1,11 @@
 """The live feed page in a real browser: Debian's chromium, headless, driven by Playwright.
 
 A real RunEngine (ophyd.sim devices) feeds a real :class:`FeedRecorder` serving on
-127.0.0.1; the page's ``window.bsrecFeed.plotted()`` reads back what the Plotly div
-draws, which must equal the event data a plain callback collected from the same
-RunEngine. Every request the page makes is checked to stay on 127.0.0.1 (the
-plotting library is served from the package, no CDN). A screenshot of the page is
+127.0.0.1; the page's ``window.bsrecFeed.plotted()`` reads back what the chart
+(uPlot, or plotly.js for heat maps and unsorted x) draws, which must equal the event
+data a plain callback collected from the same RunEngine. Every request the page makes
+is checked to stay on 127.0.0.1 (the plotting libraries are served from the package,
+no CDN). A screenshot of the page is
 kept in ``test-artifacts/feed-page.png``.
 """
 
@@ -62,8 +63,9 @@ def browser(tmp_path_factory):
     """
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
-    if not (STATIC_DIR / "vendor" / "plotly-cartesian.min.js").is_file():
-        pytest.fail("the page's plotting library is not in the package: run `make web`")
+    for bundle in ("plotly-cartesian.min.js", "uPlot.iife.min.js"):
+        if not (STATIC_DIR / "vendor" / bundle).is_file():
+            pytest.fail(f"the page's plotting library {bundle} is not in the package: `make web`")
     profile = tmp_path_factory.mktemp("chromium-profile")
     outside: list[str] = []
 
@@ -186,6 +188,7 @@ def test_line_scan_is_drawn_as_the_run_goes_and_equals_the_event_data(feed, new_
     assert shown["x"] == collected.column(uid, "motor")  # x: the scanned motor
     assert shown["y"] == collected.column(uid, "det")  # y: the hinted detector
     assert [t["name"] for t in shown["traces"]] == ["det"]
+    assert shown["library"] == "uplot"  # x grows: the canvas chart
     # what the page says about the run, its metadata and the list of runs
     status = page.page.locator("#run-status").inner_text()
     assert status.startswith("success") and "11 points" in status
@@ -232,6 +235,36 @@ def test_column_selector_redraws_against_another_column(feed, new_page):
     assert [t["name"] for t in shown["traces"]] == ["det", "motor"]
 
 
+def test_lines_against_a_falling_x_and_against_an_unsorted_x(feed, new_page):
+    recorder, RE, collected = feed()
+    page = new_page()
+    page.open(recorder.server.url)
+    (uid,) = RE(scan([det], motor, 2, -2, 9))  # x falls: uPlot draws it, rows reversed
+    page.wait(PLOTTED_ROWS, [uid, 9])
+    shown = plotted(page)
+    assert shown["library"] == "uplot"
+    assert shown["x"] == collected.column(uid, "motor")  # read back in the rows' order
+    assert shown["y"] == collected.column(uid, "det")
+    assert page.js("document.querySelector('#plot canvas') !== null")
+
+    page.page.check("#y-motor")
+    page.page.uncheck("#y-det")
+    page.page.select_option("#x-column", "det")  # up then down: plotly.js draws it
+    page.wait(
+        """() => { const shown = window.bsrecFeed.plotted();
+            return shown.library === 'plotly' && shown.traces[0].name === 'motor'; }"""
+    )
+    shown = plotted(page)
+    assert shown["kind"] == "lines" and shown["run"] == uid
+    assert shown["x"] == collected.column(uid, "det")
+    assert shown["y"] == collected.column(uid, "motor")
+    assert page.js("document.querySelector('#plot canvas') === null")  # one chart at a time
+
+    page.page.select_option("#x-column", "seq_num")  # and back to the canvas chart
+    page.wait("() => window.bsrecFeed.plotted().library === 'uplot'")
+    assert plotted(page)["x"] == list(range(1, 10))
+
+
 def test_grid_scan_is_a_heat_map_with_each_point_in_its_cell(feed, new_page):
     recorder, RE, collected = feed()
     # off centre, so that a point put in the wrong cell shows
@@ -244,7 +277,7 @@ def test_grid_scan_is_a_heat_map_with_each_point_in_its_cell(feed, new_page):
     page.wait(RUN_ENDED, uid)
     page.wait(HEATMAP_CELLS, [uid, 12])
     shown = plotted(page)
-    assert shown["name"] == "det_2d"
+    assert shown["name"] == "det_2d" and shown["library"] == "plotly"
     assert shown["y"] == pytest.approx(np.linspace(-1, 1, 3).tolist())  # motor1: slow axis
     assert shown["x"] == pytest.approx(np.linspace(-1, 1, 4).tolist())  # motor2: fast axis
     # the cell of each point from where the motors really were
@@ -458,15 +491,21 @@ def test_end_of_run_plots_are_listed_with_thumbnails(feed, new_page, tmp_path):
     assert len(alts) == len(listed["plots"])
 
 
-def test_the_bundled_plotting_library_is_the_pinned_one():
+def test_the_bundled_plotting_libraries_are_the_pinned_ones():
     lock = json.loads((ARTIFACTS.parent / "web" / "package-lock.json").read_text("utf-8"))
-    pinned = lock["packages"]["node_modules/plotly.js-cartesian-dist-min"]["version"]
-    bundle = STATIC_DIR / "vendor" / "plotly-cartesian.min.js"
-    with open(bundle, encoding="utf-8") as fh:
-        header = fh.read(200)
-    assert f"plotly.js (cartesian - minified) v{pinned}" in header
+    packages = lock["packages"]
+    for package, bundle, banner in (
+        ("plotly.js-cartesian-dist-min", "plotly-cartesian.min.js",
+         "plotly.js (cartesian - minified) v"),
+        ("uplot", "uPlot.iife.min.js", "uPlot (v"),
+    ):  # fmt: skip
+        pinned = packages[f"node_modules/{package}"]["version"]
+        with open(STATIC_DIR / "vendor" / bundle, encoding="utf-8") as fh:
+            header = fh.read(200)
+        assert f"{banner}{pinned}" in header, bundle
     # the page loads only files of the package: no absolute or protocol-relative address
     html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     assert "//" not in html
-    for name in ("/static/app.js", "/static/app.css", "/static/vendor/plotly-cartesian.min.js"):
+    for name in ("/static/app.js", "/static/app.css", "/static/vendor/plotly-cartesian.min.js",
+                 "/static/vendor/uPlot.iife.min.js", "/static/vendor/uPlot.min.css"):  # fmt: skip
         assert f'"{name}"' in html

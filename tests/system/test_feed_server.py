@@ -356,3 +356,158 @@ def test_bsrec_feed_on_a_busy_port_exits_with_a_clear_error(feed, capsys, tmp_pa
                  "--data-root", str(tmp_path)])  # fmt: skip
     assert code == 1
     assert f"cannot listen on {busy}" in capsys.readouterr().err
+
+
+class FakeLoop:
+    """Stands for the server's event loop: records what the hub asks of it."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.soon = []
+        self.later = []
+
+    def call_soon_threadsafe(self, func):
+        self.soon.append(func)
+
+    def call_later(self, delay, func):
+        self.later.append((delay, func))
+
+    def time(self):
+        return self.now
+
+
+def test_the_hub_wakes_the_loop_once_per_batch_and_sends_at_most_one_batch_per_interval():
+    hub = FeedHub(batch_interval=0.02)
+    hub.loop = loop = FakeLoop()
+    client = hub.attach()
+    client.items.clear()
+    docs = scalar_run(30, baseline=False)
+    recorder = FeedRecorder()
+    recorder.hub = hub
+    for name, doc in docs[:8]:  # start, descriptor and some events
+        recorder(name, doc)
+    assert len(loop.soon) == 1  # one wake-up for all of them
+    loop.soon.pop()()  # the loop runs: nothing sent for 20 ms, so this batch goes now
+    assert loop.later == []
+    first = client.take()
+    assert [json.loads(t)["type"] for t in first][:2] == ["run_start", "columns"]
+    for name, doc in docs[8:20]:
+        recorder(name, doc)
+    assert len(loop.soon) == 1
+    loop.now += 0.005
+    loop.soon.pop()()  # 5 ms after the last batch: the next waits 15 ms more
+    assert client.take() == []
+    ((delay, deliver),) = loop.later
+    assert delay == pytest.approx(0.015)
+    for name, doc in docs[20:]:  # arrive meanwhile: no wake-up, they join the batch
+        recorder(name, doc)
+    assert loop.soon == []
+    loop.now += delay
+    deliver()
+    texts = [json.loads(t) for t in client.take()]
+    points = [m for m in texts if m["type"] == "points"]
+    assert len(points) == 1  # merged into one message for this client
+    early = [json.loads(t) for t in first]
+    seqs = [s for m in early if m["type"] == "points" for s in m["seq_num"]]
+    assert seqs + points[0]["seq_num"] == list(range(1, 31))
+    assert texts[-2]["type"] == "run_end" and texts[-1]["type"] == "runs"
+
+
+def test_the_feed_runs_inline_in_a_recorder_set_unless_told_otherwise():
+    assert FeedRecorder().threaded is False
+    assert FeedRecorder(threaded=True).threaded is True
+    recorder = FeedRecorder()
+    with RecorderSet([recorder], run_log=None) as rs:
+        for name, doc in scalar_run(5, baseline=False):
+            rs(name, doc)
+            if name == "event":  # handed on at once, on the caller's thread
+                assert recorder.hub.current_messages()[-1]["type"] == "points"
+    assert [m["type"] for m in recorder.hub.current_messages()][-1] == "run_end"
+
+
+def test_a_server_process_of_its_own_serves_a_real_run_and_ends_with_the_recorder():
+    recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process", token="tok-9")
+    server = recorder.server
+    assert server.pid != os.getpid()
+    RE = RunEngine({})
+    docs, keep = collect()
+    rs = RecorderSet([recorder], run_log=None)
+    RE.subscribe(rs)
+    RE.subscribe(keep)
+    try:
+        with pytest.raises(websockets.exceptions.InvalidStatus):  # the token goes with it
+            connect(ws_url(server), open_timeout=10)
+        ws = Listener(ws_url(server, token="tok-9"))
+        ws.wait_for_type("runs")
+        (uid,) = RE(scan([det], motor, -1, 1, 101))
+        ws.wait_for_type("run_end")
+        ws.close()
+        events = [d for n, d in docs if n == "event"]
+        assert [s for s, _ in rows_of(ws.messages, uid)] == [e["seq_num"] for e in events]
+        assert [d["det"] for _, d in rows_of(ws.messages, uid)] == [
+            e["data"]["det"] for e in events
+        ]
+        current = httpx.get(f"http://127.0.0.1:{server.port}/api/current?token=tok-9").json()
+        assert [m["type"] for m in current] == ["run_start", "columns", "points", "run_end"]
+        assert recorder.hub.current_messages() == current  # this process keeps the run too
+    finally:
+        rs.close()
+    assert server._proc.returncode == 0  # closing the recorder ended the process
+    with pytest.raises(FeedServerError, match="without a token"):
+        FeedRecorder(serve="0.0.0.0:0", serve_in="process")
+    with pytest.raises(ValueError, match="serve_in"):
+        FeedRecorder(serve_in="fork")
+
+
+def test_a_stopped_server_process_never_holds_the_runengine_and_is_told_of_the_loss():
+    recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process")
+    server = recorder.server
+    listener = Listener(ws_url(server))
+    listener.wait_for_type("runs")
+    n = 30_000
+    docs = scalar_run(n, baseline=False)
+    uid = docs[0][1]["uid"]
+    os.kill(server.pid, signal.SIGSTOP)  # takes nothing more: the socket fills up
+    try:
+        for name, doc in docs:
+            recorder(name, doc)  # never blocks
+        assert server.dropped > 0
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    try:
+        listener.wait_for_type("run_end", timeout=60)
+        got = len(rows_of(listener.messages, uid))
+        dropped = sum(m["points"] for m in listener.messages if m["type"] == "dropped")
+        # dropped here, and perhaps again by the client's own queue when the backlog came
+        assert dropped >= server.dropped and got + dropped == n
+        assert [s for s, _ in rows_of(listener.messages, uid)][:3] == [1, 2, 3]
+    finally:
+        listener.close()
+        recorder.close()
+
+
+def test_a_page_of_many_rows_reaches_the_server_process_in_parts():
+    recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process")
+    listener = Listener(ws_url(recorder.server))
+    listener.wait_for_type("runs")
+    n = 8_000  # under client_queue; one event_page of about 400 kB
+    docs = scalar_run(n, pages=True, baseline=False)
+    try:
+        for name, doc in docs:
+            recorder(name, doc)
+        listener.wait_for_type("run_end", timeout=60)
+        uid = docs[0][1]["uid"]
+        assert [s for s, _ in rows_of(listener.messages, uid)] == list(range(1, n + 1))
+        assert "dropped" not in listener.types()
+    finally:
+        listener.close()
+        recorder.close()
+
+
+def test_the_default_recorder_set_serves_the_feed_from_a_process_of_its_own():
+    from bluesky_recorders.config import default_config_path, load_config
+
+    config = load_config(default_config_path())
+    (spec,) = [s for s in config.recorders if s.kind == "feed"]
+    assert spec.options["serve_in"] == "process"
+    assert spec.options.get("threaded", False) is False  # inline on the RunEngine's thread

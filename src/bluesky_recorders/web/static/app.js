@@ -2,9 +2,11 @@
  *
  * Connects to the feed (WebSocket /ws, or Server-Sent Events /events when the
  * WebSocket cannot be opened), keeps every run it hears about in
- * window.bsrecFeed.runs and draws the current one: a line plot, or a heat map
- * for a grid scan. Messages only change state; drawing happens at most once per
- * animation frame (and never more than half of the time), however fast points come.
+ * window.bsrecFeed.runs and draws the current one: a line plot (uPlot, on a canvas,
+ * when x only grows or only falls: the live case), else plotly.js (a heat map for a grid
+ * scan, lines against an x that goes back and forth). Messages only change state;
+ * drawing happens at most once per animation frame (and never more than a third of the
+ * time), however fast points come.
  * The messages: docs/reference/feed.md; the page: docs/reference/web.md.
  */
 "use strict";
@@ -23,7 +25,14 @@
   const forceSSE = query.get("transport") === "sse";
 
   const $ = (id) => document.getElementById(id);
-  const plotDiv = $("plot");
+  const plotDiv = $("plot"); // holds one of the two below at a time
+  const linesDiv = document.createElement("div"); // uPlot's chart
+  const plotlyDiv = document.createElement("div"); // plotly.js's plot
+  linesDiv.className = plotlyDiv.className = "plot-area";
+  linesDiv.hidden = plotlyDiv.hidden = true;
+  plotDiv.append(linesDiv, plotlyDiv);
+  const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]; // plotly's, so both libraries agree
 
   const feed = {
     connected: false,
@@ -47,8 +56,11 @@
     return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
   }
 
-  /* Milliseconds between the ends of two redraws, at least. */
-  const MIN_DRAW_GAP = 50;
+  /* Milliseconds between the ends of two redraws, at least: 10 a second. At 20 a second
+   * headless chromium on 2 cores spent about 0.2 s of CPU per second of a run redrawing
+   * the page (most of it not the plot itself: style, paint, compositing), CPU the
+   * RunEngine did not get; at 10, 0.15 s (bench_feed.py, docs/explanations/decisions/0017). */
+  const MIN_DRAW_GAP = 100;
 
   function now() {
     return (performance.timeOrigin + performance.now()) / 1000;
@@ -380,7 +392,7 @@
       draw();
     };
     const next = () => (document.hidden ? setTimeout(frame, 0) : requestAnimationFrame(frame));
-    // Draw at most once per frame and at most 20 times a second, and rest twice as long
+    // Draw at most once per frame and at most 10 times a second, and rest twice as long
     // as the last draw took: a long run's redraws take at most a third of the page's
     // time, and leave the machine's cores to the RunEngine.
     const gap = Math.max(MIN_DRAW_GAP, 2 * lastDrawCost);
@@ -389,8 +401,15 @@
     else next();
   }
 
+  let drawBegan = 0;
+
+  function drawEnded() {
+    lastDrawEnd = performance.now();
+    lastDrawCost = lastDrawEnd - drawBegan;
+  }
+
   function draw() {
-    const began = performance.now();
+    drawBegan = performance.now();
     const run = feed.runs[feed.current];
     if (dirty.server) renderServer();
     if (dirty.controls) renderControls(run);
@@ -399,8 +418,7 @@
     if (dirty.runs) renderRuns();
     if (dirty.plot) renderPlot(run);
     dirty.plot = dirty.header = dirty.controls = dirty.meta = dirty.runs = dirty.server = false;
-    lastDrawEnd = performance.now();
-    lastDrawCost = lastDrawEnd - began;
+    drawEnded(); // (again when uPlot draws, just after this)
   }
 
   function renderServer() {
@@ -701,11 +719,114 @@
 
   let revision = 0;
 
-  function renderPlot(run) {
-    if (typeof Plotly === "undefined") {
-      plotDiv.textContent = "The plotting library is missing: run make web.";
+  /* 1: x never falls, -1: x never grows, 0: neither, or a value missing (not for uPlot,
+   * whose lines and zoom need x sorted). */
+  function direction(x) {
+    let up = true;
+    let down = true;
+    for (let i = 0; i < x.length; i++) {
+      if (typeof x[i] !== "number" || !Number.isFinite(x[i])) return 0;
+      if (i > 0) {
+        if (x[i] < x[i - 1]) up = false;
+        else if (x[i] > x[i - 1]) down = false;
+      }
+    }
+    return up ? 1 : down ? -1 : 0;
+  }
+
+  /* The uPlot chart: made again when the run or the columns change, else given the new
+   * data (keeping a zoom the user made: drag to zoom, double-click to zoom out). */
+  const lines = { chart: null, key: null, reversed: false, zoomed: false, run: null };
+
+  function dropLines() {
+    if (lines.chart) lines.chart.destroy();
+    Object.assign(lines, { chart: null, key: null, reversed: false, zoomed: false, run: null });
+    linesDiv.hidden = true;
+  }
+
+  function dropPlotly() {
+    if (!plotlyDiv.hidden && typeof Plotly !== "undefined") Plotly.purge(plotlyDiv);
+    plotlyDiv.hidden = true;
+  }
+
+  function chartSize(legend) {
+    return {
+      width: Math.max(100, plotDiv.clientWidth),
+      height: Math.max(100, plotDiv.clientHeight - (legend ? 30 : 0)),
+    };
+  }
+
+  function drawLines(run, key, x, names, reversed) {
+    const ys = names.map((name) => columnValues(run, name));
+    const data = [x, ...ys];
+    if (reversed) data.forEach((values) => values.reverse()); // the same line, x growing
+    lines.run = run;
+    if (lines.chart && lines.key === key) {
+      lines.reversed = reversed;
+      lines.chart.setData(data, !lines.zoomed);
       return;
     }
+    dropLines();
+    const axis = (label) => ({
+      label,
+      stroke: "#1d2330",
+      font: "13px system-ui, sans-serif",
+      labelFont: "13px system-ui, sans-serif",
+      grid: { stroke: "#e3e6ec", width: 1 },
+      ticks: { stroke: "#e3e6ec", width: 1 },
+    });
+    const opts = {
+      ...chartSize(names.length > 1),
+      scales: { x: { time: false } },
+      legend: { show: names.length > 1 },
+      cursor: { drag: { x: true, y: false } },
+      axes: [
+        axis(columnLabel(run, choice.x)),
+        axis(names.length === 1 ? columnLabel(run, names[0]) : ""),
+      ],
+      series: [
+        { label: choice.x },
+        ...names.map((name, i) => ({
+          label: name,
+          stroke: COLOURS[i % COLOURS.length],
+          width: 2,
+          points: { show: (u) => u.data[0].length <= MARKERS_UP_TO, size: 6 },
+        })),
+      ],
+      hooks: {
+        // uPlot draws after this script's turn (in a microtask): the draw ends here
+        draw: [
+          () => {
+            if (lines.run) noteDrawn(lines.run);
+            drawEnded();
+          },
+        ],
+        setSelect: [
+          (u) => {
+            if (u.select.width > 0) lines.zoomed = true;
+          },
+        ],
+      },
+    };
+    linesDiv.hidden = false;
+    lines.chart = new uPlot(opts, data, linesDiv);
+    Object.assign(lines, { key, reversed, zoomed: false, run });
+  }
+
+  linesDiv.addEventListener("dblclick", () => {
+    lines.zoomed = false; // uPlot zooms out to all the data
+  });
+  new ResizeObserver(() => {
+    if (lines.chart) lines.chart.setSize(chartSize(lines.chart.series.length > 2));
+  }).observe(plotDiv);
+
+  function drawPlotly(traces, layout) {
+    dropLines();
+    plotlyDiv.hidden = false;
+    Plotly.react(plotlyDiv, traces, layout, PLOT_CONFIG);
+  }
+
+  function renderPlot(run) {
     const layout = {
       datarevision: ++revision,
       margin: { l: 70, r: 20, t: 20, b: 60 },
@@ -718,6 +839,7 @@
     };
     let traces = [];
     let description = "Live plot: no data yet";
+    let fast = null; // [x, reversed] when uPlot draws the lines
     if (run) {
       const grid = gridOf(run);
       const n = run.points.seq_num.length;
@@ -733,26 +855,47 @@
           `${n} of ${grid.shape[0] * grid.shape[1]} points`;
       } else if (choice.x && choice.y.length) {
         const x = columnValues(run, choice.x);
-        const mode = n > MARKERS_UP_TO ? "lines" : "lines+markers";
-        traces = choice.y.map((name) => ({
-          type: "scatter",
-          mode,
-          name,
-          x,
-          y: columnValues(run, name),
-          marker: { size: 6 },
-        }));
-        layout.showlegend = traces.length > 1;
-        layout.legend = { orientation: "h", y: 1.08 };
-        layout.xaxis.title.text = columnLabel(run, choice.x);
-        layout.yaxis.title.text = choice.y.length === 1 ? columnLabel(run, choice.y[0]) : "";
+        const order = typeof uPlot === "undefined" ? 0 : direction(x);
+        if (order !== 0) {
+          fast = [x, order < 0];
+        } else {
+          const mode = n > MARKERS_UP_TO ? "lines" : "lines+markers";
+          traces = choice.y.map((name) => ({
+            type: "scatter",
+            mode,
+            name,
+            x,
+            y: columnValues(run, name),
+            marker: { size: 6 },
+          }));
+          layout.showlegend = traces.length > 1;
+          layout.legend = { orientation: "h", y: 1.08 };
+          layout.xaxis.title.text = columnLabel(run, choice.x);
+          layout.yaxis.title.text = choice.y.length === 1 ? columnLabel(run, choice.y[0]) : "";
+        }
         description = `Plot of ${choice.y.join(", ")} against ${choice.x}, ${n} points`;
       }
     }
     plotDiv.dataset.run = run ? feed.current : "";
     plotDiv.setAttribute("aria-label", description);
-    Plotly.react(plotDiv, traces, layout, PLOT_CONFIG);
-    if (run && traces.length) noteDrawn(run);
+    if (fast) {
+      dropPlotly();
+      drawLines(run, layout.uirevision, fast[0], choice.y, fast[1]); // noted once drawn
+      return;
+    }
+    if (!traces.length) {
+      dropLines();
+      dropPlotly();
+      return;
+    }
+    if (typeof Plotly === "undefined") {
+      dropLines();
+      plotlyDiv.hidden = false;
+      plotlyDiv.textContent = "The plotting library is missing: run make web.";
+      return;
+    }
+    drawPlotly(traces, layout);
+    noteDrawn(run);
   }
 
   const drawn = { uid: null, rows: 0 };
@@ -767,15 +910,27 @@
     }
   }
 
-  /* What the plot shows now (read back from the Plotly div, not from the runs). */
+  /* What the plot shows now (read back from the uPlot chart or the Plotly div, not from
+   * the runs); `library` says which drew it. */
   function plotted() {
-    const data = plotDiv.data || [];
     const run = plotDiv.dataset.run || null;
+    if (lines.chart) {
+      const columns = lines.chart.data.map((values) => {
+        const out = Array.from(values);
+        return lines.reversed ? out.reverse() : out; // in the order of the rows
+      });
+      const traces = lines.chart.series
+        .slice(1)
+        .map((s, i) => ({ name: s.label, x: columns[0], y: columns[i + 1] }));
+      return { kind: "lines", library: "uplot", run, x: columns[0], y: traces[0].y, traces };
+    }
+    const data = (!plotlyDiv.hidden && plotlyDiv.data) || [];
     if (!data.length) return { kind: "none", run, traces: [] };
     if (data[0].type === "heatmap") {
       const t = data[0];
       return {
         kind: "heatmap",
+        library: "plotly",
         run,
         name: t.name,
         x: Array.from(t.x),
@@ -784,7 +939,7 @@
       };
     }
     const traces = data.map((t) => ({ name: t.name, x: Array.from(t.x), y: Array.from(t.y) }));
-    return { kind: "lines", run, x: traces[0].x, y: traces[0].y, traces };
+    return { kind: "lines", library: "plotly", run, x: traces[0].x, y: traces[0].y, traces };
   }
 
   /* ---------- start ---------- */
