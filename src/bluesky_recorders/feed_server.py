@@ -386,6 +386,13 @@ class FeedHub:
             client.ready.set()
 
 
+def _page_url(host: str, port: int, token: str | None) -> str:
+    """The page's address at ``host:port`` (with the token, to open in a browser)."""
+    where = f"[{host}]" if ":" in host else host
+    base = f"http://{where}:{port}/"
+    return f"{base}?token={token}" if token else base
+
+
 def _listen(host: str, port: int, token: str | None) -> socket.socket:
     """The server's listening socket (a public address needs a token)."""
     if not is_loopback(host) and not token:
@@ -450,9 +457,7 @@ class FeedServer:
     @property
     def url(self) -> str:
         """The page's address (with the token, to open in a browser)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        base = f"http://{host}:{self.port}/"
-        return f"{base}?token={self.token}" if self.token else base
+        return _page_url(self.host, self.port, self.token)
 
     def start(self, timeout: float = 20.0) -> FeedServer:
         """Serve in a daemon thread; returns once the server accepts connections."""
@@ -765,9 +770,7 @@ class FeedProcess:
     @property
     def url(self) -> str:
         """The page's address (with the token, to open in a browser)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        base = f"http://{host}:{self.port}/"
-        return f"{base}?token={self.token}" if self.token else base
+        return _page_url(self.host, self.port, self.token)
 
     @property
     def pid(self) -> int:

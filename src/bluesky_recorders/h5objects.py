@@ -109,7 +109,7 @@ def _plain_dcpl() -> h5py.h5p.PropDCID:
     return dcpl
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # bounded: a NaN fill made anew is a new key each time
 def _growing_dcpl(
     chunks: tuple[int, ...], dtype: str, fill: float | None, gzip: int | None
 ) -> h5py.h5p.PropDCID:
