@@ -84,9 +84,8 @@ class _Worker:
         self._items: deque[Any] = deque()
         self._wake = threading.Event()
         self._cond = threading.Condition()
-        self._enqueued = 0  # written by the producer only
-        self._done = 0  # written by this worker's thread only
-        # the queue's size in rows (a page counts its rows), so that memory is bounded
+        # the queue's size in rows (a page counts its rows), so that memory is bounded;
+        # every document counts at least one, so they also tell when all are handled
         self._rows_in = 0  # written by the producer only
         self._rows_out = 0  # written by this worker's thread only
         self._waiting = False  # a producer waits for progress (drain or room)
@@ -98,7 +97,16 @@ class _Worker:
 
     @property
     def pending(self) -> int:
-        return self._enqueued - self._done
+        """Documents queued, not yet handled (the one being handled is not counted)."""
+        return len(self._items)
+
+    def put_event(self, doc: Mapping[str, Any]) -> None:
+        """:meth:`put` for an event: the common case, in short."""
+        if self._rows_in - self._rows_out < self.maxsize:
+            self._items.append(("event", doc, 1))
+            self._rows_in += 1
+        else:
+            self.put("event", doc)
 
     def put(self, name: str, doc: Mapping[str, Any]) -> None:
         if self._rows_in - self._rows_out >= self.maxsize:
@@ -112,7 +120,6 @@ class _Worker:
         weight = 1 if name == "event" else _weight(name, doc)
         self._items.append((name, doc, weight))
         self._rows_in += weight
-        self._enqueued += 1
         if full:  # the thread may have gone to sleep meanwhile: it has work now
             self._wake.set()
 
@@ -145,7 +152,6 @@ class _Worker:
                         RecorderError(self.recorder.name, cause=err, doc_name=name),
                     )
                 self._rows_out += weight
-                self._done += 1
                 # a producer waiting for room is woken once, as the queue gets down to
                 # `resume` (a producer starting to wait later finds the room itself)
                 if self._waiting and 0 <= self.resume - (self._rows_in - self._rows_out) < weight:
@@ -174,8 +180,8 @@ class _Worker:
 
     def drain(self, timeout: float) -> bool:
         """Wait until every queued document is handled; False on timeout."""
-        target = self._enqueued
-        return self._wait_for(lambda: self._done >= target, timeout)
+        target = self._rows_in
+        return self._wait_for(lambda: self._rows_out >= target, timeout)
 
     def stop(self, timeout: float) -> None:
         self._items.append(_CLOSE)
@@ -216,6 +222,8 @@ class RecorderSet:
         self._workers: dict[str, _Worker] = {}
         # each recorder with its worker (None: called inline), in order
         self._targets: list[tuple[Recorder, _Worker | None]] = []
+        # what an event is handed to when every recorder has a thread (else None)
+        self._event_puts: tuple[Any, ...] | None = ()
         self._failures: list[RecorderError] = []
         self._lock = threading.Lock()
         self._open_runs: dict[str, Mapping[str, Any]] = {}
@@ -234,6 +242,10 @@ class RecorderSet:
         if recorder.threaded:
             self._workers[recorder.name] = _Worker(recorder, self._report)
         self._targets.append((recorder, self._workers.get(recorder.name)))
+        if all(worker is not None for _, worker in self._targets):
+            self._event_puts = tuple(worker.put_event for _, worker in self._targets if worker)
+        else:
+            self._event_puts = None
         return recorder
 
     @property
@@ -283,7 +295,12 @@ class RecorderSet:
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         if name == "event" and not (self._closed or self._failures or self._refused):
             # the common case, in short: no failure to raise, no refused run, no checks
-            self._fan_out(name, doc)
+            puts = self._event_puts
+            if puts is None:
+                self._fan_out(name, doc)
+            else:
+                for put in puts:
+                    put(doc)
             if self._failures:  # an inline recorder failed on this event
                 self._raise_pending(name, doc)
             return

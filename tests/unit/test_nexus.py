@@ -114,6 +114,37 @@ def test_events_and_event_page_give_the_same_file(tmp_path):
     assert a["entry/instrument/bluesky/streams/primary/seq_num"][1] == list(range(1, 8))
 
 
+def test_rows_converted_in_blocks_keep_their_order_and_fill(tmp_path, caplog):
+    """Events of float scalars are converted to arrays every 1,024 rows; a value that
+    does not convert, and an event page after converted rows, keep every row in place."""
+    n = 2600
+    primary = "entry/instrument/bluesky/streams/primary"
+    plain = tree(write_run(tmp_path / "plain", scalar_run(n)))
+    assert plain[f"{primary}/seq_num"][1] == list(range(1, n + 1))
+
+    # a page of the last 300 events, after 2,300 events (two blocks converted)
+    docs = scalar_run(n)
+    first = next(i for i, (name, d) in enumerate(docs) if name == "event" and "det" in d["data"])
+    events = [doc for _, doc in docs[first + 2300 : first + n]]
+    mixed = [*docs[: first + 2300], ("event_page", event_model.pack_event_page(*events))]
+    mixed += docs[first + n :]
+    assert tree(write_run(tmp_path / "mixed", mixed)) == plain
+
+    # a value that does not convert (after the first block), and a key missing
+    docs = scalar_run(n)
+    docs[first + 1500][1]["data"]["det"] = "over range"
+    del docs[first + 2000][1]["data"]["det"]
+    with caplog.at_level("WARNING"):
+        bad = tree(write_run(tmp_path / "bad", docs))
+    det = np.array(bad[f"{primary}/det"][1])
+    expected = np.array(plain[f"{primary}/det"][1])
+    expected[[1500, 2000]] = np.nan
+    np.testing.assert_array_equal(det, expected)
+    assert bad[f"{primary}/motor"] == plain[f"{primary}/motor"]
+    assert bad[f"{primary}/seq_num"] == plain[f"{primary}/seq_num"]
+    assert "1 value(s) of 'det' stored as fill" in caplog.text  # the text; None is a fill
+
+
 def test_default_plot_is_valid_for_silx_and_nexusformat(tmp_path):
     path = write_run(tmp_path, scalar_run(5, detectors=("d1", "d2")))
     with h5py.File(path, "r") as f:
