@@ -186,18 +186,17 @@ def _growing(group: h5py.Group, name: str, spec: ColumnSpec) -> h5py.Dataset:
 
 
 def _append(ds: h5py.Dataset, block: np.ndarray, at: int) -> None:
-    """One resize and one slice assignment (text: widened as needed)."""
-    n = len(block)
-    if ds.dtype == np.dtype("S1") and ds.ndim == 2:
-        width = max(ds.shape[1], block.shape[1])
-        if width > ds.shape[1]:
-            ds.resize(width, axis=1)
-        if block.shape[1] < width:
-            wide = np.zeros((n, width), dtype="S1")
-            wide[:, : block.shape[1]] = block
-            block = wide
-    ds.resize(at + n, axis=0)
-    ds[at : at + n] = block
+    """Rows of :func:`text_rows` appended to a rank-2 dataset of characters, which
+    widens to the longest row (shorter rows are NUL-padded), through h5py's low-level
+    API like :func:`_append_numbers`."""
+    n, width = block.shape
+    dsid = ds.id
+    wide = max(dsid.shape[1], width)
+    if width < wide:
+        padded = np.zeros((n, wide), dtype="S1")
+        padded[:, :width] = block
+        block = padded
+    _append_numbers(ds, block, at)
 
 
 def _append_numbers(ds: h5py.Dataset, block: np.ndarray, at: int) -> None:
@@ -375,7 +374,7 @@ class NexusWriter(RunWriter):
         self._swmr = False
         self._streams: dict[str, _Stream] = {}
         self._handles: dict[str, _Handles] = {}  # descriptor uid -> its datasets
-        self._groups: dict[str, h5py.Group] = {}  # open groups by path (see _group)
+        self._groups: dict[str, Any] = {}  # open groups and datasets by path (see _node)
         self._targets: set[str] = set()  # paths of datasets whose @target is written
         self._group_names: set[str] = set()
         self._vds_dirty: set[tuple[str, str]] = set()
@@ -427,7 +426,7 @@ class NexusWriter(RunWriter):
         meta = f[METADATA]
         _set_text(meta, "start", dict(start))
         _nx_group(meta, "descriptors", "NXcollection")
-        assets = _growing(meta, "assets", _TEXT)
+        assets = self._groups[f"{METADATA}/assets"] = _growing(meta, "assets", _TEXT)
         set_attr(assets, "long_name", "resource and datum documents, one [name, doc] JSON per row")
         experiment = start.get("experiment")
         if isinstance(experiment, Mapping):
@@ -507,7 +506,7 @@ class NexusWriter(RunWriter):
             [(key, stamp_handles[key]) for key in stream.keys if key in stamp_handles],
             t,
             seq_num,
-            {key: f[note]["event_data"] for key, note in external.items()},
+            {key: self._node(f"{note}/event_data") for key, note in external.items()},
         )
         if name == "primary" and self._plot_stream is None:
             self._plot_stream = stream
@@ -535,13 +534,15 @@ class NexusWriter(RunWriter):
             "[frame_start, frame_stop) of dataset in the file at path (source_path: as the "
             "documents named it)",
         )
+        path = note.name
+        # kept open: they are written at every flush (see _node)
         for column in _REFERENCE_NUMBERS:
-            _growing(note, column, _INT)
+            self._groups[f"{path}/{column}"] = _growing(note, column, _INT)
         for column in _REFERENCE_TEXTS:
-            _growing(note, column, _TEXT)
-        values = _growing(note, "event_data", _TEXT)
+            self._groups[f"{path}/{column}"] = _growing(note, column, _TEXT)
+        values = self._groups[f"{path}/event_data"] = _growing(note, "event_data", _TEXT)
         set_attr(values, "long_name", "the events' own value of this key (datum id), per row")
-        return note.name
+        return path
 
     def _stream_dataset(self, stream: _Stream, key: str) -> h5py.Dataset | None:
         if key == "time":
@@ -869,16 +870,17 @@ class NexusWriter(RunWriter):
                 stream.seqs = []
             for key, rows in stream.refs.items():
                 if rows:
-                    note = f[stream.external[key]]
-                    done = note["seq_start"].shape[0]
+                    note = stream.external[key]
+                    done = self._node(f"{note}/seq_start").id.shape[0]
                     columns = list(zip(*rows, strict=True))
                     for name, values in zip(_REFERENCE_NUMBERS, columns[:4], strict=True):
-                        _append(note[name], np.asarray(values, dtype="int64"), done)
+                        block = np.asarray(values, dtype="int64")
+                        _append_numbers(self._node(f"{note}/{name}"), block, done)
                     for name, values in zip(_REFERENCE_TEXTS, columns[4:], strict=True):
-                        _append(note[name], text_rows(values), done)
+                        _append(self._node(f"{note}/{name}"), text_rows(values), done)
                     stream.refs[key] = []
         if self._assets:
-            ds = f[METADATA]["assets"]
+            ds = self._node(f"{METADATA}/assets")
             _append(ds, text_rows(self._assets), self._assets_written)
             self._assets_written += len(self._assets)
             self._assets = []
@@ -887,10 +889,14 @@ class NexusWriter(RunWriter):
 
     def _group(self, path: str) -> h5py.Group:
         """The group at ``path``, kept open until the file is reopened."""
-        group = self._groups.get(path)
-        if group is None:
-            group = self._groups[path] = self._f[path]
-        return group
+        return self._node(path)
+
+    def _node(self, path: str) -> Any:
+        """The group or dataset at ``path``, kept open until the file is reopened."""
+        node = self._groups.get(path)
+        if node is None:
+            node = self._groups[path] = self._f[path]
+        return node
 
     def _handles_of(self, stream: _Stream) -> _Handles:
         handles = self._handles.get(stream.uid)
@@ -904,7 +910,7 @@ class NexusWriter(RunWriter):
                 [(key, stamps[names[key]]) for key in stream.keys if key in names],
                 group["time"],
                 group["seq_num"],
-                {key: f[note]["event_data"] for key, note in stream.external.items()},
+                {key: self._node(f"{note}/event_data") for key, note in stream.external.items()},
             )
         return handles
 

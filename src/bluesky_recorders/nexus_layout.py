@@ -160,10 +160,12 @@ def text_rows(values: Sequence[Any]) -> np.ndarray:
     API's ``nxtraverse`` crashes on a 1-D array of strings longer than a few
     characters. ``None`` is the empty string; other values are :func:`to_text`.
     """
-    raw = [b"" if v is None else to_text(v).encode("utf-8") for v in values]
-    width = max([1, *(len(r) for r in raw)])
-    buf = b"".join(r.ljust(width, b"\0") for r in raw)
-    return np.frombuffer(buf, dtype="S1").reshape(len(raw), width)
+    texts = [v if type(v) is str else "" if v is None else to_text(v) for v in values]
+    try:  # numpy encodes ASCII text itself
+        rows = np.array(texts, dtype="S")
+    except UnicodeEncodeError:
+        rows = np.array([t.encode("utf-8") for t in texts], dtype="S")
+    return rows.view("S1").reshape(len(texts), rows.dtype.itemsize)
 
 
 def decode_rows(array: np.ndarray) -> list[str]:
