@@ -60,3 +60,10 @@ def test_ours_detector_frames_are_linked(bench, tmp_path):
     docs = bench.detector_docs(tmp_path / "det", 4, (8, 10))
     result = bench.run_ours(docs, tmp_path / "ours")
     assert result["frames"] == 4 and result["virtual"]
+
+
+def test_each_rounds_ratio_is_shown_and_a_missing_round_is_a_dash(bench):
+    ours = {"rounds": [0.5, None, 0.6]}
+    anchor = {"rounds": [1.0, 1.0, 0.4]}
+    assert bench._round_ratios(ours, anchor) == "0.50, -, 1.50"
+    assert bench._round_ratios(None, anchor) == "-"
