@@ -659,6 +659,8 @@ class FeedServer:
         return None
 
 
+#: Seconds between two looks of the server process at its socket (see _serve_child).
+CHILD_POLL = 0.005
 #: Points messages larger than this (pickled) go to the server process in parts.
 MAX_PACKET = 64 * 1024
 #: Rows a FeedProcess holds while the server process cannot take more; beyond, points
@@ -900,23 +902,27 @@ def _serve_child(listen_fd: int, feed_fd: int) -> int:
     assert loop is not None
 
     def readable() -> None:
-        """On the event loop (one thread: no GIL hand-offs): every packet waiting."""
+        """On the event loop (one thread: no GIL hand-offs): every packet waiting, then
+        again in ``CHILD_POLL`` s. Polled, not watched (``add_reader``): a process
+        waiting on the socket is woken by every send, which cost the RunEngine's
+        thread ~90 µs per message here (a wake-up across processors of this virtual
+        machine); a send to a socket nobody waits on costs the copy."""
         while True:
             try:
                 n = feed.recv_into(buffer)
             except BlockingIOError:
+                loop.call_later(CHILD_POLL, readable)
                 return
             except OSError:
                 n = 0
             if not n:  # the recorder closed its end, or its process died
-                loop.remove_reader(feed.fileno())
                 ended.set()
                 return
             msg, start_doc = pickle.loads(view[:n])
             hub.publish(msg, start_doc)
 
     feed.setblocking(False)
-    loop.call_soon_threadsafe(loop.add_reader, feed.fileno(), readable)
+    loop.call_soon_threadsafe(readable)
     feed.send(b"ready")
     try:
         ended.wait()

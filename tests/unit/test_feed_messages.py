@@ -45,6 +45,9 @@ def test_json_value_keeps_numbers_and_turns_nan_and_infinities_into_null():
     assert json_value(1.5) == 1.5
     assert json_value(np.float32(2.0)) == 2.0
     assert json_value(np.int64(7)) == 7 and isinstance(json_value(np.int64(7)), int)
+    # numpy.float64 is a float subclass: it is made a plain float (pickled for the server
+    # process as a float, not through numpy's reduce)
+    assert type(json_value(np.float64(0.25))) is float
     assert json_value(math.nan) is None
     assert json_value(-math.inf) is None
     assert json_value(np.float64("inf")) is None
