@@ -845,7 +845,6 @@ class NexusWriter(RunWriter):
 
     def _write_pending(self) -> None:
         """Write every buffered row, reference and asset document (one block per dataset)."""
-        f = self._f
         baseline_new = False
         for stream in self._streams.values():
             n = len(stream.seqs)
