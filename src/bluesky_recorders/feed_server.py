@@ -659,8 +659,10 @@ class FeedServer:
         return None
 
 
-#: Seconds between two looks of the server process at its socket (see _serve_child).
+#: Seconds between two looks of the server process at its socket while messages come,
+#: and how many empty looks in a row send it back to waiting (see _serve_child).
 CHILD_POLL = 0.005
+CHILD_IDLE_POLLS = 40
 #: Points messages larger than this (pickled) go to the server process in parts.
 MAX_PACKET = 64 * 1024
 #: Rows a FeedProcess holds while the server process cannot take more; beyond, points
@@ -901,28 +903,48 @@ def _serve_child(listen_fd: int, feed_fd: int) -> int:
     loop = hub.loop
     assert loop is not None
 
+    fd = feed.fileno()
+    empty = 0  # looks in a row that found nothing
+
     def readable() -> None:
-        """On the event loop (one thread: no GIL hand-offs): every packet waiting, then
-        again in ``CHILD_POLL`` s. Polled, not watched (``add_reader``): a process
-        waiting on the socket is woken by every send, which cost the RunEngine's
-        thread ~90 µs per message here (a wake-up across processors of this virtual
-        machine); a send to a socket nobody waits on costs the copy."""
+        """On the event loop (one thread: no GIL hand-offs): every packet waiting.
+
+        While packets come, the socket is polled every ``CHILD_POLL`` s rather than
+        waited on (``add_reader``): a process waiting on the socket is woken by every
+        send, which cost the RunEngine's thread ~90 µs per message here (a wake-up
+        across processors of this virtual machine), while a send to a socket nobody
+        waits on costs the copy. After ``CHILD_IDLE_POLLS`` empty looks it waits on
+        the socket again, so that an idle session costs nothing: the first message
+        of the next run wakes it."""
+        nonlocal empty
+        got = False
         while True:
             try:
                 n = feed.recv_into(buffer)
             except BlockingIOError:
-                loop.call_later(CHILD_POLL, readable)
-                return
+                break
             except OSError:
                 n = 0
             if not n:  # the recorder closed its end, or its process died
                 ended.set()
                 return
+            got = True
             msg, start_doc = pickle.loads(view[:n])
             hub.publish(msg, start_doc)
+        empty = 0 if got else empty + 1
+        if empty < CHILD_IDLE_POLLS:
+            loop.call_later(CHILD_POLL, readable)
+        else:
+            loop.add_reader(fd, woken)
+
+    def woken() -> None:
+        nonlocal empty
+        loop.remove_reader(fd)
+        empty = 0
+        readable()
 
     feed.setblocking(False)
-    loop.call_soon_threadsafe(readable)
+    loop.call_soon_threadsafe(loop.add_reader, fd, woken)
     feed.send(b"ready")
     try:
         ended.wait()

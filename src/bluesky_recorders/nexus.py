@@ -681,7 +681,7 @@ class NexusWriter(RunWriter):
             data[names[fast]][...] = first
 
     def _instrument_name(self, key: str, suffix: str) -> str:
-        inst = self._group("/entry/instrument")
+        inst = self._node("/entry/instrument")
         name = safe_key(key)
         if name in RESERVED_INSTRUMENT_NAMES or name in inst:
             name = f"{name}_{suffix}"
@@ -693,7 +693,7 @@ class NexusWriter(RunWriter):
         """An NXdetector per detector of ``start["detectors"]`` with links to its columns."""
         object_keys = doc.get("object_keys") or {}
         hints = doc.get("hints") or {}
-        inst = self._group("/entry/instrument")
+        inst = self._node("/entry/instrument")
         for det in self.start_doc.get("detectors") or []:
             keys = [k for k in object_keys.get(det) or [] if k in stream.columns]
             if not isinstance(det, str) or not (keys or object_keys.get(det)):
@@ -710,7 +710,7 @@ class NexusWriter(RunWriter):
     def _detector_for(self, doc: Mapping[str, Any], key: str) -> h5py.Group | None:
         for det, keys in (doc.get("object_keys") or {}).items():
             if key in (keys or []):
-                for group in self._group("/entry/instrument").values():
+                for group in self._node("/entry/instrument").values():
                     if (
                         isinstance(group, h5py.Group)
                         and group.attrs.get("NX_class") == "NXdetector"
@@ -885,10 +885,6 @@ class NexusWriter(RunWriter):
             self._assets = []
         if baseline_new:
             self._write_positioners()
-
-    def _group(self, path: str) -> h5py.Group:
-        """The group at ``path``, kept open until the file is reopened."""
-        return self._node(path)
 
     def _node(self, path: str) -> Any:
         """The group or dataset at ``path``, kept open until the file is reopened."""
@@ -1068,7 +1064,7 @@ class NexusWriter(RunWriter):
     def _write_positioners(self) -> None:
         """NXpositioners from the baseline's first reading (and the scanned motors)."""
         self._restructure()
-        inst = self._group("/entry/instrument")
+        inst = self._node("/entry/instrument")
         listing = inst.require_group("positioners")
         set_attr(listing, "NX_class", "NXcollection")
         for stream in self._streams.values():
@@ -1093,7 +1089,7 @@ class NexusWriter(RunWriter):
         stream, plot = self._plot_stream, self._plot
         if stream is None or plot is None:
             return
-        inst = self._group("/entry/instrument")
+        inst = self._node("/entry/instrument")
         for key in plot.axes:
             if key == "time" or key in self._positioners or key not in stream.columns:
                 continue

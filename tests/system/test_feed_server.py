@@ -486,6 +486,27 @@ def test_a_stopped_server_process_never_holds_the_runengine_and_is_told_of_the_l
         recorder.close()
 
 
+def test_the_server_process_gets_points_that_come_after_it_went_back_to_waiting():
+    """It polls its socket while messages come and waits on it after CHILD_IDLE_POLLS
+    empty looks: points further apart than that each wake it, and none is lost."""
+    from bluesky_recorders.feed_server import CHILD_IDLE_POLLS, CHILD_POLL
+
+    recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process")
+    listener = Listener(ws_url(recorder.server))
+    listener.wait_for_type("runs")
+    docs = scalar_run(4, baseline=False)
+    try:
+        for name, doc in docs:
+            time.sleep(CHILD_IDLE_POLLS * CHILD_POLL * 2)  # long enough to go back to waiting
+            recorder(name, doc)
+        listener.wait_for_type("run_end", timeout=30)
+        uid = docs[0][1]["uid"]
+        assert [s for s, _ in rows_of(listener.messages, uid)] == [1, 2, 3, 4]
+    finally:
+        listener.close()
+        recorder.close()
+
+
 def test_a_page_of_many_rows_reaches_the_server_process_in_parts():
     recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process")
     listener = Listener(ws_url(recorder.server))
