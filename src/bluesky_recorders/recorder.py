@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -73,6 +73,16 @@ class RunWriter(event_model.DocumentRouter):
 
     def external(self, frames: ExternalFrames) -> None:
         """Called with each piece of external data, before its event."""
+
+    def events(self, docs: Sequence[Mapping[str, Any]]) -> bool:
+        """Optionally take several events of one descriptor at once, in order.
+
+        A RecorderSet's thread hands over, in one call, the events that queued up
+        while it was busy (see :meth:`Recorder.process_events`). Return False, having
+        changed nothing, to be given them one at a time instead (``event``), which
+        is also what happens when a writer does not override this.
+        """
+        return False
 
     def tick(self) -> None:
         """Called on the recorder's thread when its queue is empty (about every 10 ms,
@@ -146,7 +156,8 @@ class Recorder:
         self._stream_key: dict[str, str] = {}
         # descriptor uid -> (run, the writer's handler of an event): the events of
         # descriptors without external data go straight to their writer
-        self._event_routes: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {}
+        # descriptor uid -> (run, one event's handler, the writer's ``events`` or None)
+        self._event_routes: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any], Any]] = {}
         self._failed: set[str] = set()
         self._artifacts: OrderedDict[str, list[str]] = OrderedDict()
         self._closed = False
@@ -227,7 +238,7 @@ class Recorder:
             except (AttributeError, TypeError):  # not a mapping: said below
                 route = None
             if route is not None:
-                run, handle = route
+                run, handle, _ = route
                 try:
                     handle(doc)
                 except Exception as err:
@@ -266,6 +277,52 @@ class Recorder:
         if name == "stop":
             self._finish(run)
             self._forget(run)
+
+    def process_events(self, docs: Sequence[Mapping[str, Any]]) -> list[RecorderError]:
+        """``process("event", doc)`` for each of ``docs`` in order; the failures are
+        returned, not raised, so that every event is handled as it would be alone.
+
+        Consecutive events of one descriptor go to the writer's
+        :meth:`RunWriter.events` in one call when it takes them (a RecorderSet's
+        thread hands over what queued up while it was busy: measured 30 % less CPU
+        per event for the NeXus writer, see decision 0009). A failure there names
+        the last event of the call, after which the events were written.
+        """
+        errors: list[RecorderError] = []
+        routes = self._event_routes
+        i, n = 0, len(docs)
+        while i < n:
+            doc = docs[i]
+            desc = _descriptor_of(doc)
+            try:
+                route = routes.get(desc)
+            except TypeError:  # not hashable: process() says what is wrong
+                route = None
+            j = i + 1
+            if route is not None and route[2] is not None:
+                while j < n and _descriptor_of(docs[j]) == desc:
+                    j += 1
+            if j - i > 1:
+                run, _, events = route  # type: ignore[misc]
+                try:
+                    taken = events(docs[i:j])
+                except Exception as err:
+                    try:
+                        self._writer_failed(run, "event", docs[j - 1], err)
+                    except RecorderError as failure:
+                        errors.append(failure)
+                    i = j
+                    continue
+                if taken:
+                    i = j
+                    continue
+            for one in docs[i:j]:
+                try:
+                    self.process("event", one)
+                except RecorderError as err:
+                    errors.append(err)
+            i = j
+        return errors
 
     def _writer_failed(self, run: str, name: str, doc: Mapping[str, Any], err: Exception) -> None:
         """The run's writer failed on a document: close it, skip the rest of the run, raise."""
@@ -416,7 +473,8 @@ class Recorder:
                 self._external_for_events(writer, assets, name, doc, keys)
         writer(name, doc)
         if name == "descriptor" and not self._external_keys[doc["uid"]]:
-            self._event_routes[doc["uid"]] = (run, _event_handler(writer))
+            events = writer.events if type(writer).events is not RunWriter.events else None
+            self._event_routes[doc["uid"]] = (run, _event_handler(writer), events)
 
     @staticmethod
     def _external_for_events(
@@ -447,7 +505,7 @@ class Recorder:
         """Close the run's writer (once) and keep its artifacts."""
         writer = self._writers.pop(run, None)
         self._assets.pop(run, None)
-        for desc in [d for d, (r, _) in self._event_routes.items() if r == run]:
+        for desc in [d for d, (r, *_) in self._event_routes.items() if r == run]:
             del self._event_routes[desc]
         if writer is None:
             return
@@ -481,6 +539,14 @@ def _event_handler(writer: RunWriter) -> Callable[[Mapping[str, Any]], Any]:
             writer.event_page(event_model.pack_event_page(doc))
 
     return handle
+
+
+def _descriptor_of(doc: object) -> Any:
+    """An event's descriptor uid (None for anything that is not a mapping with one)."""
+    try:
+        return doc.get("descriptor")  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return None
 
 
 def _is_filled(flag: object) -> bool:

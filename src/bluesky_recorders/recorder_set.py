@@ -49,6 +49,8 @@ _NEVER_DROPPED = frozenset({"start", "descriptor", "stop", "resource", "stream_r
 _CLOSE = object()
 #: Seconds an idle recorder thread sleeps before looking at its queue again.
 _POLL_INTERVAL = 0.01
+#: Most events a recorder's thread takes from its queue in one call (process_events).
+_EVENT_BATCH = 256
 #: Seconds the stop document waits, at most, for a recorder whose policy is 'warn'.
 _LIVE_DRAIN_LIMIT = 10.0
 
@@ -126,6 +128,7 @@ class _Worker:
     def _loop(self) -> None:
         items = self._items
         process = self.recorder.process
+        process_events = self.recorder.process_events
         # writers with work due by time (a NeXus flush) are called when the queue is empty
         ticks = type(self.recorder).writer_class.tick is not RunWriter.tick
         while True:
@@ -142,15 +145,33 @@ class _Worker:
                     self._progress()
                     return
                 name, doc, weight = item
-                try:
-                    process(name, doc)
-                except RecorderError as err:
-                    self._report(self.recorder, err)
-                except Exception as err:  # a bug in a recorder must not kill its thread
-                    self._report(
-                        self.recorder,
-                        RecorderError(self.recorder.name, cause=err, doc_name=name),
-                    )
+                if name == "event" and items and items[0] is not _CLOSE and items[0][0] == "event":
+                    # the events that queued up meanwhile, in one call (see process_events)
+                    docs = [doc]
+                    while items and len(docs) < _EVENT_BATCH:
+                        nxt = items[0]
+                        if nxt is _CLOSE or nxt[0] != "event":
+                            break
+                        docs.append(items.popleft()[1])
+                    try:
+                        for err in process_events(docs):
+                            self._report(self.recorder, err)
+                    except Exception as err:  # a bug in a recorder must not kill its thread
+                        self._report(
+                            self.recorder,
+                            RecorderError(self.recorder.name, cause=err, doc_name=name),
+                        )
+                    weight = len(docs)
+                else:
+                    try:
+                        process(name, doc)
+                    except RecorderError as err:
+                        self._report(self.recorder, err)
+                    except Exception as err:  # a bug in a recorder must not kill its thread
+                        self._report(
+                            self.recorder,
+                            RecorderError(self.recorder.name, cause=err, doc_name=name),
+                        )
                 self._rows_out += weight
                 # a producer waiting for room is woken once, as the queue gets down to
                 # `resume` (a producer starting to wait later finds the room itself)

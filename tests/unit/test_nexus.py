@@ -145,6 +145,44 @@ def test_rows_converted_in_blocks_keep_their_order_and_fill(tmp_path, caplog):
     assert "1 value(s) of 'det' stored as fill" in caplog.text  # the text; None is a fill
 
 
+def test_events_handed_over_together_give_the_same_file(tmp_path, caplog):
+    """What a RecorderSet's thread does with events that queued up (process_events):
+    the same file as one event at a time, also when a batch has an event without a
+    key (that batch then goes one event at a time) or a value that does not convert."""
+    n = 1500
+    docs = scalar_run(n)
+    docs[-40][1]["data"]["det"] = "over range"  # in the primary stream's last rows
+    del docs[700][1]["data"]["det"]
+    plain = tree(write_run(tmp_path / "plain", docs))
+
+    recorder = NexusRecorder(data_root=tmp_path / "together" / "data")
+    batch: list = []
+    for name, doc in docs:
+        if name == "event":
+            batch.append(doc)
+            if len(batch) == 256:
+                assert recorder.process_events(batch) == []
+                batch = []
+            continue
+        if batch:
+            assert recorder.process_events(batch) == []
+            batch = []
+        recorder(name, doc)
+    recorder.close()
+    (path,) = recorder.artifacts[docs[0][1]["uid"]]
+    WRITTEN.append(path)
+    same = json.dumps(tree(path), sort_keys=True, default=str)  # NaN equals NaN here
+    assert same == json.dumps(plain, sort_keys=True, default=str)
+    primary = "entry/instrument/bluesky/streams/primary"
+    assert plain[f"{primary}/seq_num"][1] == list(range(1, n + 1))
+    assert np.isnan(plain[f"{primary}/det"][1][docs[700][1]["seq_num"] - 1])
+    # tree() leaves times out: the event times and timestamps too are the same
+    with h5py.File(path) as a, h5py.File(WRITTEN[-2]) as b:
+        for name in ("time", "timestamps/det", "timestamps/motor"):
+            np.testing.assert_array_equal(a[f"{primary}/{name}"][()], b[f"{primary}/{name}"][()])
+        assert a[f"{primary}/time"].shape == (n,)
+
+
 def test_default_plot_is_valid_for_silx_and_nexusformat(tmp_path):
     path = write_run(tmp_path, scalar_run(5, detectors=("d1", "d2")))
     with h5py.File(path, "r") as f:

@@ -193,3 +193,74 @@ def test_standalone_warn_recorder_logs_and_goes_on(caplog):
         feed(rec, docs)  # no exception
     assert "recorder 'log' failed" in caplog.text and "policy 'warn'" in caplog.text
     assert rec.seen[docs[0][1]["uid"]]["rows"] == [1]
+
+
+class BatchWriter(LogWriter):
+    """Takes events in batches (``events``) unless told not to; fails on demand."""
+
+    def events(self, docs):
+        rec = self.recorder
+        if not rec.take_batches:
+            return False
+        if rec.fail_on_row is not None and any(d["seq_num"] == rec.fail_on_row for d in docs):
+            raise OSError(5, "Input/output error")
+        self.seen.setdefault("batches", []).append(len(docs))
+        self.seen["rows"].extend(d["seq_num"] for d in docs)
+        return True
+
+
+class BatchRecorder(LogRecorder):
+    writer_class = BatchWriter
+    take_batches = True
+
+
+def _events_of(docs):
+    """The run's documents before its events (start, descriptors), its events in
+    order, and its stop."""
+    head = [(name, doc) for name, doc in docs if name not in ("event", "stop")]
+    return head, [doc for name, doc in docs if name == "event"], [docs[-1]]
+
+
+def test_process_events_hands_runs_of_one_descriptor_to_the_writer_in_order():
+    head, events, tail = _events_of(scalar_run(6))  # baseline, 6 primary, baseline
+    rec = BatchRecorder()
+    feed(rec, head)
+    assert rec.process_events(events) == []
+    feed(rec, tail)
+    seen = rec.seen[head[0][1]["uid"]]
+    assert seen["rows"] == [1, 1, 2, 3, 4, 5, 6, 2]  # the order of the documents
+    assert seen["batches"] == [6]  # the baseline events come one at a time (runs of one)
+    assert seen["stop"] == "success" and seen["closed"] == 1
+
+    # a writer declining the batch gets the same events one at a time
+    rec = BatchRecorder()
+    rec.take_batches = False
+    feed(rec, head)
+    assert rec.process_events(events) == []
+    assert rec.seen[head[0][1]["uid"]]["rows"] == [1, 1, 2, 3, 4, 5, 6, 2]
+    assert "batches" not in rec.seen[head[0][1]["uid"]]
+
+
+def test_process_events_returns_failures_and_goes_on_with_the_other_events():
+    head, events, tail = _events_of(scalar_run(6, baseline=False))
+    uid = head[0][1]["uid"]
+    rec = BatchRecorder(fail_on_row=3)
+    feed(rec, head)
+    (err,) = rec.process_events([*events, {"descriptor": "nobody's"}, "not a document"])[:1]
+    # named after the last event of the call that failed, with file and cause
+    assert err.recorder == "log" and err.run_uid == uid and err.doc_name == "event"
+    assert err.doc_uid == events[-1]["uid"] and f"/tmp/{uid}.log" in str(err)
+    assert isinstance(err.__cause__, OSError)
+    assert rec.seen[uid]["closed"] == 1 and rec.seen[uid]["rows"] == []
+    # the two bad documents after it were each reported as process() would
+    errors = rec.process_events([{"descriptor": "nobody's"}, "not a document"])
+    assert [e.doc_name for e in errors] == ["event", "event"]
+    assert "must be a mapping" in str(errors[1])
+    # the rest of the failed run is skipped quietly; the next run is recorded
+    rec.fail_on_row = None
+    feed(rec, tail)
+    head2, events2, tail2 = _events_of(scalar_run(4, baseline=False))
+    feed(rec, head2)
+    assert rec.process_events(events2) == []
+    feed(rec, tail2)
+    assert rec.seen[head2[0][1]["uid"]]["rows"] == [1, 2, 3, 4]

@@ -250,3 +250,36 @@ def test_run_without_stop_stays_running_in_the_log(tmp_path):
     feed(rs, scalar_run(3)[:-1])
     assert log.recent()[0].exit_status == "running"
     rs.close()
+
+
+class BatchingWriter(SlowWriter):
+    def descriptor(self, doc):
+        self.recorder.gate.wait()  # the thread is held here while the events queue up
+
+    def events(self, docs):
+        self.recorder.batches.append(len(docs))
+        self.rows.extend(d["seq_num"] for d in docs)
+        return True
+
+
+class BatchingRecorder(SlowRecorder):
+    writer_class = BatchingWriter
+
+    def __init__(self, **common):
+        super().__init__(**common)
+        self.batches = []
+
+
+def test_events_queued_while_the_thread_is_busy_are_handed_over_together(monkeypatch):
+    monkeypatch.setattr(recorder_set, "_EVENT_BATCH", 8)
+    rec = BatchingRecorder(name="batching")
+    rec.gate = threading.Event()
+    rs = RecorderSet([rec])
+    docs = scalar_run(20, baseline=False)  # start, descriptor, 20 events, stop
+    first = next(i for i, (name, _) in enumerate(docs) if name == "event")
+    feed(rs, docs[: first + 20])
+    rec.gate.set()
+    feed(rs, docs[first + 20 :])
+    assert rec.done[docs[0][1]["uid"]] == list(range(1, 21))  # all, in order
+    assert rec.batches == [8, 8, 4]  # at most _EVENT_BATCH at a time
+    rs.close()
