@@ -7,7 +7,9 @@ of the cost of a short run (measured: 30 ms per run, of which two thirds in thes
 calls). These functions write the very same objects (same HDF5 types, link
 encodings, chunking and fill values as the high-level API) with property lists and
 types made once, and fall back to the high-level API for anything else (names that
-are not ASCII, attributes that already exist, values of other types).
+are not ASCII, attributes that already exist, values of other types). One
+difference, chosen: a text dataset is a fixed-length UTF-8 string, not h5py's
+variable-length one (see :func:`text_dataset`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-__all__ = ["set_attr", "new_group", "text_dataset", "growing_dataset"]
+__all__ = ["set_attr", "new_group", "text_dataset", "growing_dataset", "soft_link"]
 
 _STR = h5py.string_dtype("utf-8")
 _VLEN = h5py.h5t.py_create(_STR, logical=True)
@@ -91,15 +93,51 @@ def new_group(parent: h5py.Group, name: str) -> h5py.Group:
     return h5py.Group(h5py.h5g.create(parent.id, key, lcpl=_lcpl()))
 
 
-def text_dataset(group: h5py.Group, name: str, value: str) -> h5py.Dataset:
-    """``group.create_dataset(name, data=value, dtype=h5py.string_dtype())``: a scalar
-    variable-length UTF-8 string."""
+def text_dataset(group: h5py.Group, name: str, value: str) -> h5py.h5d.DatasetID:
+    """A scalar UTF-8 string dataset (its low-level id): fixed-length, the string's
+    bytes exactly (NUL-padded type, UTF-8 character set), which HDF5 writes in half
+    the time of a variable-length string (no global heap; measured 79 against 183 µs
+    here). It also keeps a NUL inside the text, which a variable-length string
+    cannot hold (only NULs at its very end are lost, read back as padding). An
+    empty string, a name that is not ASCII or text that is not UTF-8 go through
+    h5py as a variable-length string. Readers get the same bytes either way
+    (``ds[()]``; ``ds.asstr()[()]`` gives the str)."""
     key = _ascii(name)
-    if key is None or not _utf8_ok(value):
-        return group.create_dataset(name, data=value, dtype=_STR)
-    dsid = h5py.h5d.create(group.id, key, _VLEN, _scalar(), lcpl=_lcpl(), dcpl=_plain_dcpl())
-    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(value, dtype=_STR))
-    return h5py.Dataset(dsid)
+    data = value.encode("utf-8") if _utf8_ok(value) else b""
+    if key is None or not data:
+        return group.create_dataset(name, data=value, dtype=_STR).id
+    dsid = h5py.h5d.create(
+        group.id, key, _fixed(len(data)), _scalar(), lcpl=_lcpl(), dcpl=_plain_dcpl()
+    )
+    dsid.write(
+        h5py.h5s.ALL,
+        h5py.h5s.ALL,
+        np.frombuffer(data, dtype=f"S{len(data)}").reshape(()),
+        mtype=_fixed(len(data)),
+    )
+    return dsid
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed(size: int) -> h5py.h5t.TypeStringID:
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(size)
+    tid.set_strpad(h5py.h5t.STR_NULLPAD)
+    tid.set_cset(h5py.h5t.CSET_UTF8)
+    return tid
+
+
+def soft_link(group: h5py.Group, name: str, path: str) -> None:
+    """``group[name] = h5py.SoftLink(path)`` unless ``name`` is there already."""
+    key = _ascii(name)
+    target = _ascii(path)
+    if key is None or target is None or "/" in name:
+        if name not in group:
+            group[name] = h5py.SoftLink(path)
+        return
+    links = group.id.links
+    if not links.exists(key):
+        links.create_soft(key, target, lcpl=_lcpl())
 
 
 @functools.cache

@@ -75,7 +75,7 @@ import h5py
 import numpy as np
 
 from .external import ExternalFrames
-from .h5objects import growing_dataset, new_group, set_attr, text_dataset
+from .h5objects import growing_dataset, new_group, set_attr, soft_link, text_dataset
 from .nexus_layout import (
     RESERVED_INSTRUMENT_NAMES,
     ColumnSpec,
@@ -154,7 +154,7 @@ def _bluesky_version() -> str:
         return "unknown"
 
 
-def _set_text(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
+def _set_text(group: h5py.Group, name: str, value: Any) -> h5py.h5d.DatasetID:
     return text_dataset(group, name, to_text(value))
 
 
@@ -233,11 +233,14 @@ def _link(
         set_attr(source, "target", path)
         if marked is not None:
             marked.add(path)
-    if name not in group:
-        group[name] = h5py.SoftLink(path)
+    soft_link(group, name, path)
 
 
 # -- the writer -------------------------------------------------------------------
+
+#: One row of ``metadata/assets``: ``json.dumps(pair, default=str)`` with the encoder
+#: made once (json.dumps makes one per call when given ``default``).
+_asset_json = json.JSONEncoder(default=str).encode
 
 _FLOAT = ColumnSpec(np.dtype("float64"))
 _NO_DATA: Mapping[str, Any] = {}
@@ -416,7 +419,7 @@ class NexusWriter(RunWriter):
         _set_text(entry, "plan_name", plan)
         if "plan_args" in start:
             _set_text(entry, "plan_args", start["plan_args"])
-        prog = _set_text(entry, "program_name", "bluesky")
+        prog = h5py.Dataset(_set_text(entry, "program_name", "bluesky"))
         set_attr(prog, "version", _bluesky_version())
         set_attr(prog, "configuration", f"bluesky_recorders {_program_version()}")
         inst = _nx_group(entry, "instrument", "NXinstrument")
@@ -704,8 +707,8 @@ class NexusWriter(RunWriter):
                 _link(group, safe_key(key), self._column(stream, key), self._targets)
             hinted = [k for k in (hints.get(det) or {}).get("fields") or [] if k in keys]
             main = hinted[0] if hinted else (keys[0] if keys else None)
-            if main is not None and "data" not in group:
-                group["data"] = h5py.SoftLink(f"{stream.group}/{stream.columns[main][0]}")
+            if main is not None:
+                soft_link(group, "data", f"{stream.group}/{stream.columns[main][0]}")
 
     def _detector_for(self, doc: Mapping[str, Any], key: str) -> h5py.Group | None:
         for det, keys in (doc.get("object_keys") or {}).items():
@@ -855,19 +858,19 @@ class NexusWriter(RunWriter):
 
     # the run's asset documents, kept so that the run can be rebuilt from the file
     def resource(self, doc: Mapping[str, Any]) -> None:
-        self._assets.append(json.dumps(["resource", doc], default=str))
+        self._assets.append(_asset_json(["resource", doc]))
 
     def datum(self, doc: Mapping[str, Any]) -> None:
-        self._assets.append(json.dumps(["datum", doc], default=str))
+        self._assets.append(_asset_json(["datum", doc]))
 
     def datum_page(self, doc: Mapping[str, Any]) -> None:
-        self._assets.append(json.dumps(["datum_page", doc], default=str))
+        self._assets.append(_asset_json(["datum_page", doc]))
 
     def stream_resource(self, doc: Mapping[str, Any]) -> None:
-        self._assets.append(json.dumps(["stream_resource", doc], default=str))
+        self._assets.append(_asset_json(["stream_resource", doc]))
 
     def stream_datum(self, doc: Mapping[str, Any]) -> None:
-        self._assets.append(json.dumps(["stream_datum", doc], default=str))
+        self._assets.append(_asset_json(["stream_datum", doc]))
 
     def _write_pending(self) -> None:
         """Write every buffered row, reference and asset document (one block per dataset)."""
@@ -1035,8 +1038,7 @@ class NexusWriter(RunWriter):
             return
         det = self._detector_for(self.descriptors.get(stream.uid, {}), key)
         if det is not None:
-            if safe_key(key) not in det:
-                det[safe_key(key)] = h5py.SoftLink(ds.name)
+            soft_link(det, safe_key(key), ds.name)
             # a detector's frames, when it has any, are its NXdetector/data
             if "data" in det and not det["data"].is_virtual:
                 del det["data"]
@@ -1125,8 +1127,7 @@ class NexusWriter(RunWriter):
             pos = _nx_group(inst, self._instrument_name(key, "positioner"), "NXpositioner")
             _set_text(pos, "name", key)
             _link(pos, "value", column, self._targets)
-            if safe_key(key) not in listing:
-                listing[safe_key(key)] = h5py.SoftLink(column.name)
+            soft_link(listing, safe_key(key), column.name)
             self._positioners[key] = pos.name
 
     def _write_end_positions(self) -> None:

@@ -6,7 +6,13 @@ import h5py
 import numpy as np
 import pytest
 
-from bluesky_recorders.h5objects import growing_dataset, new_group, set_attr, text_dataset
+from bluesky_recorders.h5objects import (
+    growing_dataset,
+    new_group,
+    set_attr,
+    soft_link,
+    text_dataset,
+)
 
 
 def _attr_type(obj, name):
@@ -64,14 +70,40 @@ def test_groups_and_text_as_h5py_writes_them(tmp_path):
         assert isinstance(ours, h5py.Group)
         link = f.id.links.get_info(b"ours")
         assert link.cset == f.id.links.get_info(b"theirs").cset
-        for name, text in (("t", "hello"), ("u", "ünïcode ✓"), ("empty", "")):
-            mine = text_dataset(ours, name, text)
+        for name, text in (("t", "hello"), ("u", "ünïcode ✓"), ("nul", "a\0b")):  # fixed
+            mine = h5py.Dataset(text_dataset(ours, name, text))
+            data = text.encode()
+            ref = theirs.create_dataset(name, data=np.array(data, dtype=f"S{len(data)}"))
+            assert mine[()] == ref[()] == data and mine.asstr()[()] == text
+            assert _describe(mine) == _describe(ref)
+            tid = mine.id.get_type()
+            assert not tid.is_variable_str() and tid.get_size() == len(data)
+            assert tid.get_cset() == h5py.h5t.CSET_UTF8
+            assert tid.get_strpad() == ref.id.get_type().get_strpad() == h5py.h5t.STR_NULLPAD
+        for name, text in (("empty", ""),):  # what a fixed-length string cannot hold
+            mine = h5py.Dataset(text_dataset(ours, name, text))
             ref = theirs.create_dataset(name, data=text, dtype=h5py.string_dtype())
             assert mine[()] == ref[()] == text.encode()
-            assert _describe(mine) == _describe(ref)
-            assert mine.id.get_type().get_cset() == ref.id.get_type().get_cset()
+            assert _describe(mine) == _describe(ref) and mine.id.get_type().is_variable_str()
         sub = new_group(f, "é")  # not ASCII: through h5py
         assert sub.name == "/é"
+
+
+def test_soft_links_as_h5py_writes_them(tmp_path):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("a/x", data=1.0)
+        f.create_dataset("a/y", data=2.0)
+        ours, theirs = f.create_group("ours"), f.create_group("theirs")
+        soft_link(ours, "x", "/a/x")
+        theirs["x"] = h5py.SoftLink("/a/x")
+        assert ours.get("x", getlink=True).path == "/a/x" and ours["x"][()] == 1.0
+        info, ref = ours.id.links.get_info(b"x"), theirs.id.links.get_info(b"x")
+        assert (info.type, info.cset) == (ref.type, ref.cset)
+        soft_link(ours, "x", "/a/y")  # a name already there is kept
+        assert ours["x"][()] == 1.0
+        soft_link(ours, "é", "/a/y")  # not ASCII: through h5py
+        soft_link(ours, "sub/z", "/a/y")
+        assert ours["é"][()] == ours["sub/z"][()] == 2.0
 
 
 @pytest.mark.parametrize(
