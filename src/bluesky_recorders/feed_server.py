@@ -663,6 +663,10 @@ class FeedServer:
 #: and how many empty looks in a row send it back to waiting (see _serve_child).
 CHILD_POLL = 0.005
 CHILD_IDLE_POLLS = 40
+#: How long points wait on the RunEngine's thread to go to the server process together,
+#: and how many rows at most (see FeedProcess.send).
+SEND_DELAY = 0.005
+SEND_ROWS = 1000
 #: Points messages larger than this (pickled) go to the server process in parts.
 MAX_PACKET = 64 * 1024
 #: Rows a FeedProcess holds while the server process cannot take more; beyond, points
@@ -768,6 +772,9 @@ class FeedProcess:
         self._backlog: deque[tuple[dict[str, Any], bytes, int]] = deque()
         self._backlog_rows = 0
         self._flusher: threading.Thread | None = None  # runs while messages wait
+        # points waiting on the RunEngine's thread to go as one packet (see send)
+        self._waiting: dict[str, Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0  # points dropped here, in all
         self.alive = True
 
@@ -781,20 +788,69 @@ class FeedProcess:
         return self._proc.pid
 
     def send(self, msg: dict[str, Any], start_doc: Mapping[str, Any] | None = None) -> None:
-        """Hand one message to the server process; never blocks (FeedHub's ``forward``)."""
+        """Hand one message to the server process; never blocks (FeedHub's ``forward``).
+
+        Called on a thread running an asyncio loop (the RunEngine's), points wait up
+        to ``SEND_DELAY`` there and go as one packet: a send costs the RunEngine's
+        thread 15-25 µs here, adding a row to the waiting ones about 2 µs. Any other
+        message sends the waiting points first, so the order is kept.
+        """
         if not self.alive:
             return
+        if msg["type"] == "points":
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop on this thread to send them later: now
+                loop = None
+            if loop is not None:
+                with self._lock:
+                    self._wait_points(msg, loop)
+                return
+        with self._lock:
+            self._send_waiting()
+            self._send_locked(msg, start_doc)
+
+    def _wait_points(self, msg: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        waiting = self._waiting
+        if waiting is not None and (
+            waiting["run"] != msg["run"] or waiting["stream"] != msg["stream"]
+        ):
+            self._send_waiting()
+            waiting = None
+        if waiting is None:
+            self._waiting = merge_points(msg)  # a copy of its own
+        else:
+            extend_points(waiting, msg)
+        if len(self._waiting["seq_num"]) >= SEND_ROWS:
+            self._send_waiting()
+        elif self._timer is None:
+            self._timer = loop.call_later(SEND_DELAY, self._send_waiting_now)
+
+    def _send_waiting_now(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        """Send the points that wait (the caller holds ``_lock``)."""
+        waiting, self._waiting = self._waiting, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if waiting is not None and self.alive:
+            self._send_locked(waiting, None)
+
+    def _send_locked(self, msg: dict[str, Any], start_doc: Mapping[str, Any] | None) -> None:
         packet = _packet(msg, start_doc)
         if msg["type"] == "points" and len(packet) > MAX_PACKET and len(msg["seq_num"]) > 1:
             for part in _halves(msg):
-                self.send(part)
+                self._send_locked(part, None)
             return
-        with self._lock:
-            if self._backlog:
-                self._flush()
-            if not self._backlog and self._try(packet, msg):
-                return
-            self._hold(msg, packet)
+        if self._backlog:
+            self._flush()
+        if not self._backlog and self._try(packet, msg):
+            return
+        self._hold(msg, packet)
 
     def _try(self, packet: bytes, msg: Mapping[str, Any]) -> bool:
         """Send one packet: True once it is gone (or can never go), False if it would block."""
@@ -857,6 +913,8 @@ class FeedProcess:
     def stop(self, timeout: float = 5.0) -> None:
         """Hand over what waits (for up to ``timeout``), end the process; idempotent."""
         with self._lock:
+            if self.alive:
+                self._send_waiting()
             if self.alive and self._backlog:
                 self._sock.settimeout(timeout)
                 with contextlib.suppress(OSError):

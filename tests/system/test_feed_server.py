@@ -1,6 +1,7 @@
 """The live feed served for real on 127.0.0.1: WebSocket and SSE clients, mid-run joins,
 stalled clients, tokens, bind addresses, Origin checks and `bsrec feed --zmq`."""
 
+import asyncio
 import base64
 import json
 import os
@@ -21,7 +22,7 @@ from bluesky.plans import scan
 from ophyd.sim import det, motor
 from websockets.sync.client import connect
 
-from bluesky_recorders import RecorderSet
+from bluesky_recorders import RecorderSet, feed_server
 from bluesky_recorders.feed import FeedRecorder
 from bluesky_recorders.feed_server import FeedHub, FeedServer, FeedServerError
 from bluesky_recorders.testing import collect, scalar_run
@@ -457,6 +458,45 @@ def test_a_server_process_of_its_own_serves_a_real_run_and_ends_with_the_recorde
         FeedRecorder(serve="0.0.0.0:0", serve_in="process")
     with pytest.raises(ValueError, match="serve_in"):
         FeedRecorder(serve_in="fork")
+
+
+def test_points_sent_from_an_event_loop_go_to_the_server_process_together(monkeypatch):
+    """On the RunEngine's (asyncio) thread, points wait SEND_DELAY and go as one packet;
+    they go without another message to push them, and a run_end sends them first."""
+    recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process")
+    server = recorder.server
+    packets = []
+    real_packet = feed_server._packet
+    monkeypatch.setattr(feed_server, "_packet", lambda msg, start=None: (
+        packets.append(msg["type"]) or real_packet(msg, start)))  # fmt: skip
+    listener = Listener(ws_url(server))
+    listener.wait_for_type("runs")
+    docs = scalar_run(40, baseline=False)  # start, descriptor, 40 events, stop
+    uid = docs[0][1]["uid"]
+    events = [i for i, (name, _) in enumerate(docs) if name == "event"]
+
+    async def run():
+        for name, doc in docs[: events[19] + 1]:  # 20 events at once
+            recorder(name, doc)
+        assert packets == ["run_start", "columns"]  # the points wait...
+        await asyncio.sleep(feed_server.SEND_DELAY * 4)
+        assert packets == ["run_start", "columns", "points"]  # ...and go as one
+        for name, doc in docs[events[19] + 1 :]:  # 20 more, then the stop at once
+            recorder(name, doc)
+        assert packets[3:] == ["points", "run_end"]  # the waiting points first
+
+    try:
+        asyncio.run(run())
+        listener.wait_for_type("run_end")
+        assert [seq for seq, _ in rows_of(listener.messages, uid)] == list(range(1, 41))
+        # with no loop running on the caller's thread, every message goes at once
+        packets.clear()
+        for name, doc in scalar_run(3, baseline=False):
+            recorder(name, doc)
+        assert packets == ["run_start", "columns", "points", "points", "points", "run_end"]
+    finally:
+        listener.close()
+        recorder.close()
 
 
 def test_a_stopped_server_process_never_holds_the_runengine_and_is_told_of_the_loss():
