@@ -60,10 +60,18 @@ def _utf8_ok(text: str) -> bool:
 def set_attr(obj: h5py.HLObject, name: str, value: Any) -> None:
     """``obj.attrs[name] = value`` for a new attribute holding a str, an int, a float or
     a sequence of str (variable-length UTF-8 strings, int64, float64, as h5py writes
-    them); anything else, or a name already there, through ``obj.attrs``."""
+    them; a str holding a NUL, which a variable-length string cannot, as a fixed-length
+    UTF-8 string: read back as bytes); anything else, or a name already there, through
+    ``obj.attrs``."""
     key = _ascii(name)
     if key is not None and not h5py.h5a.exists(obj.id, key):
         if isinstance(value, str) and _utf8_ok(value):
+            if "\0" in value:  # a variable-length string cannot hold it: fixed-length
+                data = value.encode("utf-8")
+                tid = _fixed(len(data))
+                attr = h5py.h5a.create(obj.id, key, tid, _scalar())
+                attr.write(np.frombuffer(data, dtype=f"S{len(data)}").reshape(()), mtype=tid)
+                return
             attr = h5py.h5a.create(obj.id, key, _VLEN, _scalar())
             attr.write(np.array(value, dtype=_STR))
             return

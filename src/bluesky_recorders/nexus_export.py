@@ -91,7 +91,7 @@ def _stream_events(
     for name, ds in group.items():
         if not isinstance(ds, h5py.Dataset) or name in ("time", "seq_num") or ds.is_virtual:
             continue
-        key = ds.attrs.get("data_key", name)
+        key = _key_of(ds, name)
         if key not in keys or keys[key].get("external"):
             continue
         if ds.dtype.kind in "OS" and (ds.ndim == 1 or ds.dtype == "S1"):
@@ -102,7 +102,7 @@ def _stream_events(
             columns[key] = ds[:n].tolist()
     stamps: dict[str, Any] = {}
     for name, ds in group["timestamps"].items():
-        stamps[ds.attrs.get("data_key", name)] = ds[:n].tolist()
+        stamps[_key_of(ds, name)] = ds[:n].tolist()
     external = f.get(f"{_EXTERNAL}/{group.name.rsplit('/', 1)[1]}")
     if external is not None:
         for note in external.values():
@@ -131,6 +131,12 @@ def _stream_events(
         if filled:
             event["filled"] = filled
         yield float(times[i]), i, event
+
+
+def _key_of(ds: h5py.Dataset, name: str) -> str:
+    """The data key a dataset holds: ``@data_key`` (bytes when it holds a NUL), else its name."""
+    key = ds.attrs.get("data_key", name)
+    return key.decode("utf-8") if isinstance(key, bytes) else str(key)
 
 
 def _is_boolean(data_key: Mapping[str, Any]) -> bool:

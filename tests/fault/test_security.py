@@ -56,6 +56,7 @@ from bluesky_recorders.config import recorder_class
 from bluesky_recorders.errors import DocumentError, RecorderError
 from bluesky_recorders.feed import FeedRecorder
 from bluesky_recorders.metadata.model import snapshot_from_values
+from bluesky_recorders.nexus_export import documents_from_nexus
 from bluesky_recorders.paths import DirectoryPolicy, PathExistsError, PathPolicyError, inside
 from bluesky_recorders.runlog import RunLog
 from bluesky_recorders.shm import segment_path
@@ -531,7 +532,7 @@ def test_the_catalog_refuses_stream_names_and_uids_that_address_another_run(sand
 
 def test_path_like_keys_and_stream_names_sent_to_recorders_directly(sandbox, caplog):
     """Recorders subscribed alone get no schema check: keys '../../det', '/etc/passwd', '..',
-    'a<NUL>b' and such stream names become safe names, or the run is refused, named."""
+    'a<NUL>b' and such stream names become safe names (the catalog refuses the run, named)."""
     root = sandbox.root
     keys = ("../m", "../../det", "/etc/passwd", "..", ".hidden")
     streams = ("primary", "../../stream", "/tmp/evil")
@@ -556,11 +557,19 @@ def test_path_like_keys_and_stream_names_sent_to_recorders_directly(sandbox, cap
     assert pngs == ["det.png", "etc_passwd.png", "hidden.png", "signal.png"]
     csvs = sorted(p.name.split("_", 3)[-1] for p in artifact_paths(recorders["csv"], uid))
     assert csvs == ["primary.csv", "stream.csv", "tmp_evil.csv"]
-    # NUL in a data key: HDF5 attributes cannot hold it, the NeXus run is refused, named
-    assert_refused(nul_failures["nexus"], ValueError, "NUL")
-    for kind in ("spec", "jsonl", "csv", "plots"):
+    # NUL in a data key: recorded everywhere; NeXus keeps the key in a fixed-length
+    # @data_key (a variable-length string cannot hold a NUL), and exports it back
+    for kind in ("nexus", "spec", "jsonl", "csv", "plots"):
         assert nul_failures[kind] == [], (kind, nul_failures[kind])
         assert_recorded_inside(recorders[kind], nul_uid, root, folder)
+    (nexus_file,) = artifact_paths(recorders["nexus"], nul_uid)
+    with h5py.File(nexus_file, "r") as f:
+        column = f["entry/instrument/bluesky/streams/primary/a_b"]
+        assert column.attrs["data_key"] == b"a\0b"
+    assert nexus_problems(nexus_file) == []
+    events = [d for name, d in documents_from_nexus(nexus_file) if name == "event"]
+    sent = [d for name, d in nul if name == "event"]
+    assert [e["data"]["a\0b"] for e in events] == [e["data"]["a\0b"] for e in sent]
     assert logged_failures(caplog, "plots") == []
     sandbox.check_untouched(before)
     assert_root_is_clean(root)

@@ -50,6 +50,16 @@ def test_attributes_as_h5py_writes_them(tmp_path, value):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_a_text_attribute_holding_a_nul_is_a_fixed_length_string(tmp_path):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        with pytest.raises(ValueError, match="NUL"):  # what h5py does with it
+            f.attrs["theirs"] = "a\0b"
+        set_attr(f, "ours", "a\0bé")
+        assert f.attrs["ours"] == "a\0bé".encode()
+        tid = h5py.h5a.open(f.id, b"ours").get_type()
+        assert not tid.is_variable_str() and tid.get_cset() == h5py.h5t.CSET_UTF8
+
+
 def test_an_existing_attribute_or_another_type_goes_through_h5py(tmp_path):
     with h5py.File(tmp_path / "f.h5", "w") as f:
         set_attr(f, "a", "one")
