@@ -67,10 +67,8 @@ def set_attr(obj: h5py.HLObject, name: str, value: Any) -> None:
     if key is not None and not h5py.h5a.exists(obj.id, key):
         if isinstance(value, str) and _utf8_ok(value):
             if "\0" in value:  # a variable-length string cannot hold it: fixed-length
-                data = value.encode("utf-8")
-                tid = _fixed(len(data))
-                attr = h5py.h5a.create(obj.id, key, tid, _scalar())
-                attr.write(np.frombuffer(data, dtype=f"S{len(data)}").reshape(()), mtype=tid)
+                tid, array = _fixed_scalar(value.encode("utf-8"))
+                h5py.h5a.create(obj.id, key, tid, _scalar()).write(array, mtype=tid)
                 return
             attr = h5py.h5a.create(obj.id, key, _VLEN, _scalar())
             attr.write(np.array(value, dtype=_STR))
@@ -111,19 +109,22 @@ def text_dataset(group: h5py.Group, name: str, value: str) -> h5py.h5d.DatasetID
     h5py as a variable-length string. Readers get the same bytes either way
     (``ds[()]``; ``ds.asstr()[()]`` gives the str)."""
     key = _ascii(name)
-    data = value.encode("utf-8") if _utf8_ok(value) else b""
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        data = b""
     if key is None or not data:
         return group.create_dataset(name, data=value, dtype=_STR).id
-    dsid = h5py.h5d.create(
-        group.id, key, _fixed(len(data)), _scalar(), lcpl=_lcpl(), dcpl=_plain_dcpl()
-    )
-    dsid.write(
-        h5py.h5s.ALL,
-        h5py.h5s.ALL,
-        np.frombuffer(data, dtype=f"S{len(data)}").reshape(()),
-        mtype=_fixed(len(data)),
-    )
+    tid, array = _fixed_scalar(data)
+    dsid = h5py.h5d.create(group.id, key, tid, _scalar(), lcpl=_lcpl(), dcpl=_plain_dcpl())
+    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, array, mtype=tid)
     return dsid
+
+
+def _fixed_scalar(data: bytes) -> tuple[h5py.h5t.TypeStringID, np.ndarray]:
+    """The fixed-length UTF-8 string type of ``data`` (at least one byte) and ``data`` as
+    a scalar array to write with it."""
+    return _fixed(len(data)), np.frombuffer(data, dtype=f"S{len(data)}").reshape(())
 
 
 @functools.lru_cache(maxsize=256)

@@ -154,9 +154,8 @@ class Recorder:
         self._run_of_resource: dict[str, str] = {}
         self._run_of_stream_resource: dict[str, str] = {}
         self._stream_key: dict[str, str] = {}
-        # descriptor uid -> (run, the writer's handler of an event): the events of
-        # descriptors without external data go straight to their writer
-        # descriptor uid -> (run, one event's handler, the writer's ``events`` or None)
+        # descriptor uid -> (run, the writer's handler of one event, its ``events`` or
+        # None): the events of descriptors without external data go straight to it
         self._event_routes: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any], Any]] = {}
         self._failed: set[str] = set()
         self._artifacts: OrderedDict[str, list[str]] = OrderedDict()

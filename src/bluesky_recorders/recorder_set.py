@@ -131,6 +131,8 @@ class _Worker:
         process_events = self.recorder.process_events
         # writers with work due by time (a NeXus flush) are called when the queue is empty
         ticks = type(self.recorder).writer_class.tick is not RunWriter.tick
+        # writers taking the events that queued up in one call get them so (process_events)
+        batches = type(self.recorder).writer_class.events is not RunWriter.events
         while True:
             self._wake.wait(self.poll)
             self._wake.clear()
@@ -145,7 +147,13 @@ class _Worker:
                     self._progress()
                     return
                 name, doc, weight = item
-                if name == "event" and items and items[0] is not _CLOSE and items[0][0] == "event":
+                if (
+                    batches
+                    and name == "event"
+                    and items
+                    and items[0] is not _CLOSE
+                    and items[0][0] == "event"
+                ):
                     # the events that queued up meanwhile, in one call (see process_events)
                     docs = [doc]
                     while items and len(docs) < _EVENT_BATCH:
