@@ -16,7 +16,7 @@ A live view: a failure is logged and the run goes on (policy ``warn``). In a
 turning an event into a message and handing it to the hub costs 6-17 µs in a tight
 loop, and with the server in a process of its own 50-70 µs between the points of a
 real scan, where the caches are cold, and about 32 µs at 1,000 events/s, where the
-points go to the server process in 5 ms batches (bench_feed.py "in feed"): less than
+points go to the server process in 10 ms batches (bench_feed.py "in feed"): less than
 a thread hand-off would cost in latency and in GIL switches); nothing the network
 does can hold it, as every client has its own bounded queue that drops points. With a
 ``data_root`` the page lists each run's end-of-run plots (written by the

@@ -665,7 +665,7 @@ CHILD_POLL = 0.005
 CHILD_IDLE_POLLS = 40
 #: How long points wait on the RunEngine's thread to go to the server process together,
 #: and how many rows at most (see FeedProcess.send).
-SEND_DELAY = 0.005
+SEND_DELAY = 0.01
 SEND_ROWS = 1000
 #: Points messages larger than this (pickled) go to the server process in parts.
 MAX_PACKET = 64 * 1024

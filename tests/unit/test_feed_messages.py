@@ -15,6 +15,7 @@ from bluesky_recorders.feed_messages import (
     columns_message,
     detector_keys,
     dropped_message,
+    extend_points,
     grid_hints,
     json_value,
     merge_points,
@@ -136,6 +137,20 @@ def test_merge_points_fills_missing_columns_with_null():
     three = merge_points(a, b, a)
     assert three["seq_num"] == [1, 2, 3, 1]
     assert three["data"] == {"x": [1, None, None, 1], "y": [None, 5, 6, None]}
+
+
+def test_extend_points_keeps_one_value_a_row_when_a_column_comes_short():
+    held = merge_points(
+        {"v": 1, "type": "points", "run": "r", "stream": "primary", "seq_num": [1],
+         "time": [1.0], "data": {"x": [1], "y": [2]}}
+    )  # fmt: skip
+    same = {"seq_num": [2], "time": [2.0], "data": {"x": [3], "y": [4]}}
+    extend_points(held, same)
+    assert held["data"] == {"x": [1, 3], "y": [2, 4]}
+    short = {"seq_num": [3, 4], "time": [3.0, 4.0], "data": {"x": [5, 6], "y": [7]}}
+    extend_points(held, short)  # the same columns, but y has one value for two rows
+    assert held["seq_num"] == [1, 2, 3, 4]
+    assert held["data"] == {"x": [1, 3, 5, 6], "y": [2, 4, 7, None]}
 
 
 def test_dropped_message():
