@@ -4,23 +4,16 @@ No timing is asserted (benchmarks are not tests) and the apstools environment
 is not needed.
 """
 
-import importlib
-import sys
-from pathlib import Path
-
 import h5py
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benches import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_nexus")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with bench_module("bench_nexus") as module:
+        yield module
 
 
 def test_documents_are_deterministic(bench):

@@ -1,22 +1,16 @@
 """benchmarks/bench_stats.py: the paired slowdown's interval and verdict."""
 
-import importlib
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benches import bench_module
 
 
 @pytest.fixture(scope="module")
 def stats():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_stats")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with bench_module("bench_stats") as module:
+        yield module
 
 
 def test_the_interval_holds_the_median_and_repeats(stats):
