@@ -31,8 +31,9 @@ RunEngine's process only publishes).
              seconds apart), with a 95 % bootstrap interval (bench_stats.py): on this
              shared machine the same work runs at 0.95 or at 1.8 ms a chunk from one
              second to the next, so one run varies by ±10 % against the next and a
-             5 % goal takes a hundred rounds or more. The verdict is "met" only when the whole
-             interval is under the goal ("undecided" when it straddles it).
+             5 % goal takes a hundred rounds or more. The verdict is "met" only
+             when the whole interval is under the goal ("undecided" when it
+             straddles it).
              Where the time goes, per run as a share of the no-feed median wall
              time: "in feed", the RunEngine's thread inside the feed's callback;
              "timers", on its event loop sending the points that waited
