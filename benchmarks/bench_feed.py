@@ -70,7 +70,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_stats import paired, percent
+from bench_stats import overall, paired, percent
 from bluesky import Msg, RunEngine
 from bluesky import preprocessors as bpp
 from bluesky.plans import scan
@@ -408,14 +408,6 @@ def slowdown_case(RE, plan_factory, feeds: list[Feed], repeat: int) -> dict[str,
 def paired_ratios(runs: list[dict], base: list[dict]) -> list[float]:
     """Each round's wall time of a case over the no-feed run of the same round."""
     return [r["wall"] / b["wall"] for r, b in zip(runs, base, strict=True)]
-
-
-def overall(verdicts: list[str]) -> str:
-    """NOT met if any is, else undecided if any is, else met."""
-    for verdict in ("NOT met", "undecided"):
-        if verdict in verdicts:
-            return verdict
-    return "met"
 
 
 def main(argv=None) -> int:

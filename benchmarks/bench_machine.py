@@ -46,20 +46,19 @@ def load_case(RE: RunEngine, plan_factory, busy: float, period: float, repeat: i
     try:
         time.sleep(0.5)
         os.kill(load.pid, signal.SIGSTOP)
-        ratios, waited, cpu = [], {True: [], False: []}, {True: [], False: []}
+        ratios, waited = [], {True: [], False: []}
         for i in range(repeat):
             runs = {}
             for on in (False, True) if i % 2 == 0 else (True, False):
                 os.kill(load.pid, signal.SIGCONT if on else signal.SIGSTOP)
                 runs[on] = run = timed_run(RE, plan_factory, None)
                 waited[on].append(run["waited"] / run["wall"])
-                cpu[on].append(run["cpu"] / run["wall"])
             os.kill(load.pid, signal.SIGSTOP)
             ratios.append(runs[True]["wall"] / runs[False]["wall"])
     finally:
         load.kill()
         load.wait()
-    return {"paired": paired(ratios, SLOWDOWN_GOAL), "waited": waited, "cpu": cpu}
+    return {"paired": paired(ratios, SLOWDOWN_GOAL), "waited": waited}
 
 
 def main(argv=None) -> int:

@@ -50,6 +50,14 @@ def paired(ratios: Sequence[float], goal: float, *, resamples: int = 4000, seed:
     return Paired(values, statistics.median(values), low, high, verdict)
 
 
+def overall(verdicts: Sequence[str]) -> str:
+    """One verdict for several: NOT met if any is, else undecided if any is, else met."""
+    for verdict in ("NOT met", "undecided"):
+        if verdict in verdicts:
+            return verdict
+    return "met"
+
+
 def percent(ratio: float) -> str:
     """A ratio as a signed percentage: 1.0312 -> '+3.12 %'."""
     return f"{(ratio - 1) * 100:+.2f} %"

@@ -14,8 +14,8 @@ runs the same recorder and server in a process of its own, fed by bluesky's
 A live view: a failure is logged and the run goes on (policy ``warn``). In a
 ``RecorderSet`` it runs inline on the RunEngine's thread by default (``threaded=False``:
 turning an event into a message and handing it to the hub costs 6-17 µs in a tight
-loop, and with the server in a process of its own 50-70 µs between the points of a
-real scan, where the caches are cold, and about 32 µs at 1,000 events/s, where the
+loop, and with the server in a process of its own 50-77 µs between the points of a
+real scan, where the caches are cold, and 25-28 µs at 1,000 events/s, where the
 points go to the server process in 10 ms batches (bench_feed.py "in feed"): less than
 a thread hand-off would cost in latency and in GIL switches); nothing the network
 does can hold it, as every client has its own bounded queue that drops points. With a

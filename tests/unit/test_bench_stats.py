@@ -33,6 +33,13 @@ def test_verdicts(stats):
     assert undecided.verdict == "undecided"
 
 
+def test_overall_verdict(stats):
+    assert stats.overall(["met", "met"]) == "met"
+    assert stats.overall(["met", "undecided", "met"]) == "undecided"
+    assert stats.overall(["undecided", "NOT met", "met"]) == "NOT met"
+    assert stats.overall([]) == "met"
+
+
 def test_no_rounds_is_an_error(stats):
     with pytest.raises(ValueError, match="no paired rounds"):
         stats.paired([], 1.05)
