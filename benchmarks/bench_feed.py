@@ -36,19 +36,25 @@ RunEngine's process only publishes).
              straddles it).
              Where the time goes, per run as a share of the no-feed median wall
              time: "in feed", the RunEngine's thread inside the feed's callback;
-             "timers", on its event loop sending the points that waited
-             (FeedProcess, the session's set-up); "waited", more time than without
+             "timers", on its event loop sending the rows that waited (the feed
+             writer's timer, feed.SEND_DELAY); "waited", more time than without
              the feed that its thread was ready to run but had no core (the
              kernel's schedstat run delay: the browser's and the server's share of
-             the cores); and the CPU time of that thread. --viewer python: a
-             WebSocket client in Python takes the feed instead of the page during
-             these runs (the feed's cost without a browser on the machine).
+             the cores); and the CPU time of that thread.
+             Who takes the feed during these runs (--viewer): "browser" (the
+             default), the page in a chromium of its own started with the page's
+             address alone, as a user opens it, with no DevTools client during the
+             runs (Playwright's chromium reports every WebSocket frame to its
+             driver: 6 points of a core more); afterwards the page is checked to
+             hold every row of the last run. "page": the Playwright page of the
+             latency runs. "python": a WebSocket client in Python that draws
+             nothing (the feed's cost without a browser on the machine).
 
 Goals: p99 < 50 ms at both rates; the RunEngine slowed by < 5 %.
 
     .venv/bin/python benchmarks/bench_feed.py [--seconds 10] [--rates 100 1000]
         [--points 100] [--fast-points 1000] [--repeat 150] [--setups session|all]
-        [--viewer page|python]
+        [--viewer browser|page|python]
 
 The plan yields Msgs itself because bluesky's plan stubs format the caller's stack
 on every call, which alone keeps a loaded 2-core machine under 1,000 events/s.
@@ -67,6 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +85,7 @@ from ophyd import Signal
 from ophyd.sim import det, motor
 from playwright.sync_api import sync_playwright
 
-from bluesky_recorders.feed import FeedRecorder
+from bluesky_recorders.feed import FeedRecorder, FeedWriter
 from bluesky_recorders.recorder_set import RecorderSet
 from bluesky_recorders.testing import CHROMIUM, CHROMIUM_ARGS
 
@@ -207,22 +214,21 @@ class Feed:
 
         self.token = self.RE.subscribe(timed)
         self.timers = 0.0
-        proc = getattr(self.recorders and self.recorder, "server", None)
-        if hasattr(proc, "_send_waiting_now"):  # a FeedProcess: points wait on the loop
-            send_now = type(proc)._send_waiting_now  # noqa: SLF001 (measured, not changed)
+        send_later = self.send_later = FeedWriter._send_later  # noqa: SLF001 (measured)
 
-            def timed_timer():  # the loop's timer that sends the points that waited
-                began = time.perf_counter()
-                try:
-                    send_now(proc)
-                finally:
-                    self.timers += time.perf_counter() - began
+        def timed_timer(writer):  # the loop's timer that sends the rows that waited
+            began = time.perf_counter()
+            try:
+                send_later(writer)
+            finally:
+                self.timers += time.perf_counter() - began
 
-            proc._send_waiting_now = timed_timer  # noqa: SLF001 (looked up per timer)
+        FeedWriter._send_later = timed_timer  # noqa: SLF001 (looked up per timer)
 
     def unsubscribe(self):
         self.RE.unsubscribe(self.token)
         self.token = None
+        FeedWriter._send_later = self.send_later  # noqa: SLF001
 
     def clock_offset(self) -> tuple[float, float]:
         """(page clock - Python clock, half the round trip), seconds; best of 20."""
@@ -316,6 +322,65 @@ def python_viewer(feed: Feed) -> subprocess.Popen:
     return client
 
 
+class BrowserViewer:
+    """Instead of the Playwright page (which leaves for about:blank): the page in a
+    chromium of its own, started with its address alone, as a user opens it.
+
+    Nothing drives it during the runs. A chromium driven by Playwright reports every
+    WebSocket frame to the driver over the DevTools protocol: at 1,000 events/s the
+    browser and its driver took 21.5-21.9 % of a core against 15.1-15.8 % for the same
+    page in a chromium of its own. Playwright connects to it over the DevTools
+    protocol (a loopback port) only before and after the runs: to wait for the page's
+    feed, and to check that the page has every row of the last run (``check``).
+    """
+
+    def __init__(self, feed: Feed, pw, profile: str) -> None:
+        feed.page.goto("about:blank")
+        self.pw = pw
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}",
+             f"--remote-debugging-port={self.port}", feed.url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/version", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("the viewer's chromium did not start") from None
+                time.sleep(0.1)
+        self.evaluate("() => window.bsrecFeed && window.bsrecFeed.connected", wait=True)
+
+    def evaluate(self, script: str, arg=None, wait: bool = False):
+        """``script`` in the page, over a DevTools connection made for this call only."""
+        browser = self.pw.chromium.connect_over_cdp(f"http://127.0.0.1:{self.port}")
+        try:
+            (page,) = [p for context in browser.contexts for p in context.pages]
+            page.set_default_timeout(60_000)
+            if wait:
+                return page.wait_for_function(script, arg=arg).json_value()
+            return page.evaluate(script, arg)
+        finally:
+            browser.close()  # only disconnects: the browser and its page go on
+
+    def check(self, uid: str, n: int) -> None:
+        """The page has all ``n`` rows of run ``uid`` (it took the feed throughout)."""
+        self.evaluate(
+            "([uid, n]) => { const r = window.bsrecFeed.runs[uid];"
+            " return Boolean(r && r.end) && r.points.seq_num.length >= n; }",
+            arg=[uid, n], wait=True,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def wait(self) -> None:
+        self.proc.wait()
+
+
 def latency_case(feed: Feed, events: Events, rate: int, seconds: float) -> dict:
     n = int(rate * seconds)
     feed.page.evaluate("window.bsrecFeed.latencies.length = 0")
@@ -379,13 +444,13 @@ def timed_run(RE: RunEngine, plan_factory, feed: Feed | None) -> dict[str, float
     try:
         cpu, waited = loop_thread_clock(RE)
         began = time.perf_counter()
-        RE(plan_factory())
+        (uid,) = RE(plan_factory())
         took = time.perf_counter() - began
         cpu_after, waited_after = loop_thread_clock(RE)
     finally:
         if feed is not None:
             feed.unsubscribe()
-    run = {"wall": took, "cpu": cpu_after - cpu, "waited": waited_after - waited}
+    run = {"wall": took, "cpu": cpu_after - cpu, "waited": waited_after - waited, "uid": uid}
     if feed is None:
         return run | {"spent": 0.0, "timers": 0.0, "docs": 0}
     return run | {"spent": feed.spent, "timers": feed.timers, "docs": feed.docs}
@@ -405,6 +470,13 @@ def slowdown_case(RE, plan_factory, feeds: list[Feed], repeat: int) -> dict[str,
     return times
 
 
+def check_viewers(viewers: list, feeds: list[Feed], result: dict, n: int) -> None:
+    """Each BrowserViewer's page has every row of its feed's last timed run."""
+    for viewer, feed in zip(viewers, feeds, strict=True):
+        if isinstance(viewer, BrowserViewer):
+            viewer.check(result[feed.label][-1]["uid"], n)
+
+
 def paired_ratios(runs: list[dict], base: list[dict]) -> list[float]:
     """Each round's wall time of a case over the no-feed run of the same round."""
     return [r["wall"] / b["wall"] for r, b in zip(runs, base, strict=True)]
@@ -422,9 +494,10 @@ def main(argv=None) -> int:
         help=f"the slowdown's set-ups: {SESSION_SETUP!r} only (what bsrec session runs) or all",
     )  # fmt: skip
     ap.add_argument(
-        "--viewer", choices=["page", "python"], default="page",
-        help="who takes the feed during the slowdown runs: the page in chromium (the goal's "
-        "figure) or a WebSocket client in Python that draws nothing (the feed without a browser)",
+        "--viewer", choices=["browser", "page", "python"], default="browser",
+        help="who takes the feed during the slowdown runs: the page in a chromium of its own "
+        "that nothing drives (the goal's figure), the page in Playwright's chromium, or a "
+        "WebSocket client in Python that draws nothing (the feed without a browser)",
     )  # fmt: skip
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
@@ -438,7 +511,8 @@ def main(argv=None) -> int:
         context = pw.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
         )
-        viewers: list[subprocess.Popen] = []
+        viewers: list = []
+        viewer_profiles = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         feeds = [
             Feed("feed, direct", RE, context, in_set=False),
             Feed("set, server thread", RE, context, in_set=True),
@@ -454,15 +528,24 @@ def main(argv=None) -> int:
                 for rate in args.rates:
                     latency[feed.label, rate] = latency_case(feed, events, rate, args.seconds)
             timed = [f for f in feeds if args.setups == "all" or f.label == SESSION_SETUP]
-            viewers = [python_viewer(f) for f in timed] if args.viewer == "python" else []
+            if args.viewer == "python":
+                viewers = [python_viewer(f) for f in timed]
+            elif args.viewer == "browser":
+                viewers = [
+                    BrowserViewer(f, pw, tempfile.mkdtemp(dir=viewer_profiles.name))
+                    for f in timed
+                ]
             scans = slowdown_case(
                 RE, lambda: scan([det], motor, -1, 1, args.points), timed, args.repeat
             )
+            check_viewers(viewers, timed, scans, args.points)
             fast = slowdown_case(RE, lambda: paced_plan(args.fast_points, None), timed, args.repeat)
+            check_viewers(viewers, timed, fast, args.fast_points)
         finally:
             for viewer in viewers:
                 viewer.kill()
                 viewer.wait()
+            viewer_profiles.cleanup()
             for feed in feeds:
                 feed.close()
             context.close()
@@ -490,8 +573,11 @@ def main(argv=None) -> int:
             print(f"  rows missing: {r['events']} events, page {r['rows']}, "
                   f"python {r['python rows']}")  # fmt: skip
     print()
-    viewer = ("the page connected and drawing" if args.viewer == "page"
-              else "a Python WebSocket client taking the feed (no page)")  # fmt: skip
+    viewer = {
+        "browser": "the page connected and drawing in a chromium that nothing drives",
+        "page": "the page connected and drawing in Playwright's chromium",
+        "python": "a Python WebSocket client taking the feed (no page)",
+    }[args.viewer]
     print(f"RunEngine: {args.repeat} rounds of every case in turn, {viewer}; wall and CPU in s "
           "(medians)")  # fmt: skip
     print("  paired: the median over the rounds of (wall with the feed / wall of the no-feed "

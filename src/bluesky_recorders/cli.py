@@ -223,6 +223,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
         options["token_file"] = args.token_file
     options["on_error"] = "abort"  # serving is this command's whole job: a busy port is an error
     options["serve_in"] = "thread"  # this process is the server's own already
+    options["send_delay"] = 0.0  # no RunEngine here to spare: rows go on at once
     recorder = FeedRecorder(**options)  # type: ignore[arg-type]
     assert recorder.server is not None
     url = recorder.server.url.split("?")[0]

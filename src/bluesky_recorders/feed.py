@@ -12,19 +12,21 @@ runs the same recorder and server in a process of its own, fed by bluesky's
 0MQ proxy, so that the network never shares the RunEngine's process.
 
 A live view: a failure is logged and the run goes on (policy ``warn``). In a
-``RecorderSet`` it runs inline on the RunEngine's thread by default (``threaded=False``:
-turning an event into a message and handing it to the hub costs 6-17 µs in a tight
-loop, and with the server in a process of its own 50-77 µs between the points of a
-real scan, where the caches are cold, and 25-28 µs at 1,000 events/s, where the
-points go to the server process in 10 ms batches (bench_feed.py "in feed"): less than
-a thread hand-off would cost in latency and in GIL switches); nothing the network
-does can hold it, as every client has its own bounded queue that drops points. With a
-``data_root`` the page lists each run's end-of-run plots (written by the
-``plots`` recorder into ``<experiment dir>/end_of_run/``).
+``RecorderSet`` it runs inline on the RunEngine's thread by default (``threaded=False``).
+There an event costs that thread one row appended to lists: its rows wait up to
+``send_delay`` (25 ms) and go on together (:class:`FeedWriter`). In bench_feed.py's
+session set-up (server process, page in chromium) the feed's callback took 9.6 µs a
+document in the unpaced plan (about 1,100 events/s) and 37.5 µs in a 100-point scan,
+where the caches are cold between points; the timers that send the rows, 0.23-0.41 %
+of the run. That is less than a thread hand-off would cost in latency and in GIL
+switches; nothing the network does can hold it, as every client has its own bounded
+queue that drops points. With a ``data_root`` the page lists each run's end-of-run plots
+(written by the ``plots`` recorder into ``<experiment dir>/end_of_run/``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,7 +43,14 @@ from .feed_messages import (
     run_end_message,
     run_start_message,
 )
-from .feed_server import FeedHub, FeedProcess, FeedServer, FeedServerError, is_loopback
+from .feed_server import (
+    CHILD_POLL,
+    FeedHub,
+    FeedProcess,
+    FeedServer,
+    FeedServerError,
+    is_loopback,
+)
 from .paths import run_directory
 from .recorder import Recorder, RunWriter
 
@@ -96,8 +105,23 @@ def end_of_run_plots(
     return sorted(folder.glob("*.png")) if folder is not None else []
 
 
+#: How long points wait on the RunEngine's thread to go on together, and how many rows
+#: at most (see FeedWriter.event).
+SEND_DELAY = 0.025
+SEND_ROWS = 1000
+
+
 class FeedWriter(RunWriter):
-    """Turns one run's documents into feed messages."""
+    """Turns one run's documents into feed messages.
+
+    Called on a thread running an asyncio loop (the RunEngine's), an event's row waits
+    there up to the recorder's ``send_delay`` for the next ones, and they go on as one
+    ``points`` message (at most ``SEND_ROWS`` rows); any other document of the run
+    sends the waiting rows first, so the order is kept. Per event, the RunEngine's
+    thread only appends a row to lists: the message, its copy in the hub and its send
+    to a server process are made once per batch. With no loop on the caller's thread
+    (called directly, or on a recorder thread), each event goes on at once.
+    """
 
     recorder: FeedRecorder
 
@@ -107,13 +131,32 @@ class FeedWriter(RunWriter):
         self.started = False
         # descriptor uid -> (stream, scalar keys)
         self._streams: dict[str, tuple[str, list[str]]] = {}
+        # the points waiting to go (a points message being filled) and their descriptor
+        self._held: dict[str, Any] | None = None
+        self._held_descriptor: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def _announce(self, descriptor: Mapping[str, Any] | None) -> None:
         if not self.started:
             self.started = True
             self.recorder.hub.publish(run_start_message(self.start_doc, descriptor), self.start_doc)
 
+    def _send_held(self) -> None:
+        """Publish the waiting points (from the loop's timer, or before another message)."""
+        held, self._held = self._held, None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if held is not None:
+            self.recorder.hub.publish(held)
+
+    def _send_later(self) -> None:
+        """The loop's timer: the rows have waited ``send_delay``."""
+        self._timer = None
+        self._send_held()
+
     def descriptor(self, doc: Mapping[str, Any]) -> None:
+        self._send_held()
         stream = str(doc.get("name", "primary"))
         if stream not in self.recorder.streams:
             return
@@ -123,25 +166,44 @@ class FeedWriter(RunWriter):
         self.recorder.hub.publish(columns_message(self.uid, doc))
 
     def event(self, doc: Mapping[str, Any]) -> None:
-        """One event as a one-row ``points`` message (skips packing it into a page)."""
-        known = self._streams.get(doc["descriptor"])
-        if known is None:
-            return
-        stream, keys = known
-        data = doc["data"]
-        self.recorder.hub.publish(
-            {
+        """One event's row: added to the waiting points (see the class's docstring)."""
+        descriptor = doc["descriptor"]
+        held = self._held
+        if held is None or descriptor != self._held_descriptor:
+            known = self._streams.get(descriptor)
+            if known is None:
+                return
+            if held is not None:
+                self._send_held()
+            stream, keys = known
+            held = {
                 "v": PROTOCOL_VERSION,
                 "type": "points",
                 "run": self.uid,
                 "stream": stream,
-                "seq_num": [int(doc["seq_num"])],
-                "time": [json_value(doc["time"])],
-                "data": {k: [json_value(data.get(k))] for k in keys},
+                "seq_num": [],
+                "time": [],
+                "data": {k: [] for k in keys},
             }
-        )
+            delay = self.recorder.send_delay
+            try:
+                loop = asyncio.get_running_loop() if delay > 0 else None
+            except RuntimeError:  # no loop on this thread to send them later: now
+                loop = None
+            if loop is not None:
+                self._held, self._held_descriptor = held, descriptor
+                self._timer = loop.call_later(delay, self._send_later)
+        data = doc["data"]
+        held["seq_num"].append(int(doc["seq_num"]))
+        held["time"].append(json_value(doc["time"]))
+        for key, column in held["data"].items():
+            column.append(json_value(data.get(key)))
+        if self._held is None or len(held["seq_num"]) >= SEND_ROWS:
+            self._held = held
+            self._send_held()
 
     def event_page(self, doc: Mapping[str, Any]) -> None:
+        self._send_held()
         known = self._streams.get(doc["descriptor"])
         if known is None:
             return
@@ -149,8 +211,12 @@ class FeedWriter(RunWriter):
         self.recorder.hub.publish(points_message(self.uid, stream, doc, keys))
 
     def stop(self, doc: Mapping[str, Any]) -> None:
+        self._send_held()
         self._announce(None)
         self.recorder.hub.publish(run_end_message(doc))
+
+    def close(self) -> None:
+        self._send_held()  # a run that ends without its stop: its last points all the same
 
 
 class FeedRecorder(Recorder):
@@ -183,6 +249,10 @@ class FeedRecorder(Recorder):
         ``"process"``: in a process of its own, fed through a Unix socket (what
         ``recorders/default.toml`` chooses: a RunEngine busy at 1,000 events/s
         would hold a server thread off its GIL for up to hundreds of ms).
+    send_delay
+        Seconds an event's row waits on the RunEngine's (asyncio) thread for the next
+        ones, to go on together (default ``SEND_DELAY``; 0: each at once, as ``bsrec
+        feed --zmq`` does, where no RunEngine shares the process).
     threaded
         In a ``RecorderSet``: False (default), inline on the RunEngine's thread; True,
         on a thread of its own behind a queue (which drops events when full).
@@ -206,6 +276,7 @@ class FeedRecorder(Recorder):
         max_rows: int = 200_000,
         websocket: bool = True,
         serve_in: str = "thread",
+        send_delay: float = SEND_DELAY,
         threaded: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -213,6 +284,7 @@ class FeedRecorder(Recorder):
         from . import __version__
 
         self.streams = frozenset(streams)
+        self.send_delay = float(send_delay)
         self.data_root = (
             Path(os.path.expanduser(os.fspath(data_root))).absolute() if data_root else None
         )
@@ -246,6 +318,8 @@ class FeedRecorder(Recorder):
                             "version": __version__,
                         },
                         plots=(str(root), dict(path_map.prefixes)) if root else None,
+                        # the writer's batches come send_delay apart: no sooner look
+                        rest=self.send_delay - CHILD_POLL,
                     )
                     self.hub.forward = server.send  # this process's hub keeps the runs too
                 else:

@@ -663,10 +663,6 @@ class FeedServer:
 #: and how many empty looks in a row send it back to waiting (see _serve_child).
 CHILD_POLL = 0.005
 CHILD_IDLE_POLLS = 40
-#: How long points wait on the RunEngine's thread to go to the server process together,
-#: and how many rows at most (see FeedProcess.send).
-SEND_DELAY = 0.01
-SEND_ROWS = 1000
 #: Points messages larger than this (pickled) go to the server process in parts.
 MAX_PACKET = 64 * 1024
 #: Rows a FeedProcess holds while the server process cannot take more; beyond, points
@@ -710,7 +706,9 @@ class FeedProcess:
     takes them (it runs only while messages wait). The listening socket is bound here, so a busy
     port or a public address without a token is an error of this call; the token
     goes to the process through the socket, not its command line. The process ends
-    when this object is stopped or this process dies (the socket closes).
+    when this object is stopped or this process dies (the socket closes). ``rest``:
+    after a look at the socket that found packets, the process looks again that many
+    seconds later (the sender's batches come no sooner; see ``_serve_child``).
     """
 
     def __init__(
@@ -723,6 +721,7 @@ class FeedProcess:
         websocket: bool = True,
         hub_options: Mapping[str, Any] | None = None,
         plots: tuple[str, Mapping[str, str]] | None = None,
+        rest: float = 0.0,
         start_timeout: float = 30.0,
     ) -> None:
         listener = _listen(host, port, token)
@@ -750,6 +749,7 @@ class FeedProcess:
             "websocket": websocket,
             "hub": dict(hub_options or {}),
             "plots": plots,
+            "rest": float(rest),
         }
         try:
             ours.sendall(pickle.dumps(config))
@@ -772,9 +772,6 @@ class FeedProcess:
         self._backlog: deque[tuple[dict[str, Any], bytes, int]] = deque()
         self._backlog_rows = 0
         self._flusher: threading.Thread | None = None  # runs while messages wait
-        # points waiting on the RunEngine's thread to go as one packet (see send)
-        self._waiting: dict[str, Any] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0  # points dropped here, in all
         self.alive = True
 
@@ -790,57 +787,14 @@ class FeedProcess:
     def send(self, msg: dict[str, Any], start_doc: Mapping[str, Any] | None = None) -> None:
         """Hand one message to the server process; never blocks (FeedHub's ``forward``).
 
-        Called on a thread running an asyncio loop (the RunEngine's), points wait up
-        to ``SEND_DELAY`` there and go as one packet: in the unpaced Msg plan of
-        bench_feed.py, this call took the RunEngine's thread 33-44 µs per document when
-        it sent each one (``socket.send`` alone 17-27 µs) and 12-13 µs when it adds the
-        rows to the waiting ones. Any other message sends the waiting points first, so
-        the order is kept.
+        The feed's writer sends the points of an event loop's thread in batches
+        (``feed.SEND_DELAY``): one pickle and one ``socket.send`` per batch (the send
+        alone took the RunEngine's thread 17-27 µs per message, measured).
         """
         if not self.alive:
             return
-        if msg["type"] == "points":
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop on this thread to send them later: now
-                loop = None
-            if loop is not None:
-                with self._lock:
-                    self._wait_points(msg, loop)
-                return
         with self._lock:
-            self._send_waiting()
             self._send_locked(msg, start_doc)
-
-    def _wait_points(self, msg: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
-        waiting = self._waiting
-        if waiting is not None and (
-            waiting["run"] != msg["run"] or waiting["stream"] != msg["stream"]
-        ):
-            self._send_waiting()
-            waiting = None
-        if waiting is None:
-            self._waiting = merge_points(msg)  # a copy of its own
-        else:
-            extend_points(waiting, msg)
-        if len(self._waiting["seq_num"]) >= SEND_ROWS:
-            self._send_waiting()
-        elif self._timer is None:
-            self._timer = loop.call_later(SEND_DELAY, self._send_waiting_now)
-
-    def _send_waiting_now(self) -> None:
-        with self._lock:
-            self._timer = None
-            self._send_waiting()
-
-    def _send_waiting(self) -> None:
-        """Send the points that wait (the caller holds ``_lock``)."""
-        waiting, self._waiting = self._waiting, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if waiting is not None and self.alive:
-            self._send_locked(waiting, None)
 
     def _send_locked(self, msg: dict[str, Any], start_doc: Mapping[str, Any] | None) -> None:
         packet = _packet(msg, start_doc)
@@ -915,8 +869,6 @@ class FeedProcess:
     def stop(self, timeout: float = 5.0) -> None:
         """Hand over what waits (for up to ``timeout``), end the process; idempotent."""
         with self._lock:
-            if self.alive:
-                self._send_waiting()
             if self.alive and self._backlog:
                 self._sock.settimeout(timeout)
                 with contextlib.suppress(OSError):
@@ -965,6 +917,7 @@ def _serve_child(listen_fd: int, feed_fd: int) -> int:
 
     fd = feed.fileno()
     empty = 0  # looks in a row that found nothing
+    rest = config.get("rest", 0.0)
 
     def readable() -> None:
         """On the event loop (one thread: no GIL hand-offs): every packet waiting.
@@ -973,9 +926,11 @@ def _serve_child(listen_fd: int, feed_fd: int) -> int:
         waited on (``add_reader``): a process waiting on the socket is woken by every
         send, which cost the RunEngine's thread ~90 µs per message here (a wake-up
         across processors of this virtual machine), while a send to a socket nobody
-        waits on costs the copy. After ``CHILD_IDLE_POLLS`` empty looks it waits on
-        the socket again, so that an idle session costs nothing: the first message
-        of the next run wakes it."""
+        waits on costs the copy. After a look that found packets, the next one is
+        ``rest`` s later (the sender's batches come no sooner: ``FeedProcess``'s
+        ``rest``), which halves the looks. After ``CHILD_IDLE_POLLS`` empty looks it
+        waits on the socket again, so that an idle session costs nothing: the first
+        message of the next run wakes it."""
         nonlocal empty
         got = False
         while True:
@@ -993,7 +948,7 @@ def _serve_child(listen_fd: int, feed_fd: int) -> int:
             hub.publish(msg, start_doc)
         empty = 0 if got else empty + 1
         if empty < CHILD_IDLE_POLLS:
-            loop.call_later(CHILD_POLL, readable)
+            loop.call_later(max(rest, CHILD_POLL) if got else CHILD_POLL, readable)
         else:
             loop.add_reader(fd, woken)
 

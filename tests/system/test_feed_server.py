@@ -23,7 +23,7 @@ from ophyd.sim import det, motor
 from websockets.sync.client import connect
 
 from bluesky_recorders import RecorderSet, feed_server
-from bluesky_recorders.feed import FeedRecorder
+from bluesky_recorders.feed import SEND_DELAY, FeedRecorder
 from bluesky_recorders.feed_server import FeedHub, FeedServer, FeedServerError
 from bluesky_recorders.testing import collect, scalar_run
 from procs import wait_for
@@ -461,8 +461,8 @@ def test_a_server_process_of_its_own_serves_a_real_run_and_ends_with_the_recorde
 
 
 def test_points_sent_from_an_event_loop_go_to_the_server_process_together(monkeypatch):
-    """On the RunEngine's (asyncio) thread, points wait SEND_DELAY and go as one packet;
-    they go without another message to push them, and a run_end sends them first."""
+    """On the RunEngine's (asyncio) thread, points wait SEND_DELAY and go as one
+    packet; they go without another message to push them, and a run_end sends them first."""
     recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process")
     server = recorder.server
     packets = []
@@ -479,7 +479,7 @@ def test_points_sent_from_an_event_loop_go_to_the_server_process_together(monkey
         for name, doc in docs[: events[19] + 1]:  # 20 events at once
             recorder(name, doc)
         assert packets == ["run_start", "columns"]  # the points wait...
-        await asyncio.sleep(feed_server.SEND_DELAY * 4)
+        await asyncio.sleep(SEND_DELAY * 4)
         assert packets == ["run_start", "columns", "points"]  # ...and go as one
         for name, doc in docs[events[19] + 1 :]:  # 20 more, then the stop at once
             recorder(name, doc)

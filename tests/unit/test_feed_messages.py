@@ -1,5 +1,6 @@
 """The feed's messages: pure functions from documents, every one valid by the schema."""
 
+import asyncio
 import math
 
 import jsonschema
@@ -8,7 +9,13 @@ from bluesky import RunEngine
 from bluesky.plans import count, grid_scan, scan
 from ophyd.sim import det, det4, motor, motor1, motor2
 
-from bluesky_recorders.feed import FeedRecorder, parse_address, read_token
+from bluesky_recorders.feed import (
+    SEND_DELAY,
+    SEND_ROWS,
+    FeedRecorder,
+    parse_address,
+    read_token,
+)
 from bluesky_recorders.feed_messages import (
     MESSAGE_SCHEMA,
     column_kind,
@@ -189,6 +196,60 @@ def test_recorder_state_for_a_run_and_the_runs_list():
     current = recorder.hub.current_messages()
     assert [m["type"] for m in current] == ["run_start", "columns", "points", "run_end"]
     assert current[2]["seq_num"] == [1, 2, 3, 4]
+
+
+def test_on_an_event_loop_rows_wait_and_go_on_together_in_order():
+    """On the loop's thread rows wait up to SEND_DELAY (or SEND_ROWS rows); a new
+    descriptor, the stop, or closing the recorder (a run with no stop) sends them first."""
+    recorder = FeedRecorder(streams=("primary", "baseline"))
+    seen = []
+    publish = recorder.hub.publish
+
+    def keep(msg, start_doc=None):
+        seen.append(valid(msg))
+        publish(msg, start_doc)
+
+    recorder.hub.publish = keep
+    n = SEND_ROWS + 5
+    run = scalar_run(n)  # start, baseline (descriptor, event), primary (descriptor,
+    # n events), the baseline's second event, stop
+    first_primary = 4
+
+    def points():
+        return [(m["stream"], m["seq_num"]) for m in seen if m["type"] == "points"]
+
+    async def feed_run():
+        for name, doc in run[: first_primary + 3]:
+            recorder(name, doc)
+        # the baseline's row went on when the primary descriptor came; 3 rows wait
+        assert points() == [("baseline", [1])]
+        await asyncio.sleep(SEND_DELAY * 5)  # nothing else comes: the timer sends them
+        assert points() == [("baseline", [1]), ("primary", [1, 2, 3])]
+        for name, doc in run[first_primary + 3 : -1]:  # all but the stop
+            recorder(name, doc)
+
+    asyncio.run(feed_run())
+    assert all(len(rows) <= SEND_ROWS for _, rows in points())
+    assert "run_end" not in [m["type"] for m in seen]
+    recorder.close()  # the run never stopped: what waited goes all the same
+    primary = [s for stream, rows in points() if stream == "primary" for s in rows]
+    baseline = [s for stream, rows in points() if stream == "baseline" for s in rows]
+    assert primary == list(range(1, n + 1)) and baseline == [1, 2]
+    # with no loop on the caller's thread, or send_delay=0 (bsrec feed --zmq), every
+    # row goes on at once
+    async def on_a_loop(recorder):
+        for name, doc in scalar_run(3, baseline=False):
+            recorder(name, doc)
+
+    for recorder, call in ((FeedRecorder(), None), (FeedRecorder(send_delay=0), asyncio.run)):
+        seen.clear()
+        recorder.hub.publish = keep
+        if call is None:
+            for name, doc in scalar_run(3, baseline=False):
+                recorder(name, doc)
+        else:
+            call(on_a_loop(recorder))
+        assert [m["type"] for m in seen] == ["run_start", "columns", *["points"] * 3, "run_end"]
 
 
 def test_addresses_and_tokens(tmp_path, monkeypatch):
