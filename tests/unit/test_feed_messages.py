@@ -164,9 +164,9 @@ def test_dropped_message():
     assert valid(dropped_message("r", 12))["points"] == 12
 
 
-def test_the_recorder_turns_runs_into_valid_messages_for_the_real_aps_runs():
-    recorder = FeedRecorder()
-    seen = []
+def watched(recorder: FeedRecorder) -> list[dict]:
+    """The messages ``recorder`` publishes from now on (each checked by the schema)."""
+    seen: list[dict] = []
     publish = recorder.hub.publish
 
     def keep(msg, start_doc=None):
@@ -174,6 +174,12 @@ def test_the_recorder_turns_runs_into_valid_messages_for_the_real_aps_runs():
         publish(msg, start_doc)
 
     recorder.hub.publish = keep
+    return seen
+
+
+def test_the_recorder_turns_runs_into_valid_messages_for_the_real_aps_runs():
+    recorder = FeedRecorder()
+    seen = watched(recorder)
     for name in ("usaxs.json.gz", "apstools.json.gz"):
         for doc_name, doc in realruns(name):
             recorder(doc_name, doc)
@@ -202,14 +208,7 @@ def test_on_an_event_loop_rows_wait_and_go_on_together_in_order():
     """On the loop's thread rows wait up to SEND_DELAY (or SEND_ROWS rows); a new
     descriptor, the stop, or closing the recorder (a run with no stop) sends them first."""
     recorder = FeedRecorder(streams=("primary", "baseline"))
-    seen = []
-    publish = recorder.hub.publish
-
-    def keep(msg, start_doc=None):
-        seen.append(valid(msg))
-        publish(msg, start_doc)
-
-    recorder.hub.publish = keep
+    seen = watched(recorder)
     n = SEND_ROWS + 5
     run = scalar_run(n)  # start, baseline (descriptor, event), primary (descriptor,
     # n events), the baseline's second event, stop
@@ -242,14 +241,13 @@ def test_on_an_event_loop_rows_wait_and_go_on_together_in_order():
             recorder(name, doc)
 
     for recorder, call in ((FeedRecorder(), None), (FeedRecorder(send_delay=0), asyncio.run)):
-        seen.clear()
-        recorder.hub.publish = keep
+        got = watched(recorder)
         if call is None:
             for name, doc in scalar_run(3, baseline=False):
                 recorder(name, doc)
         else:
             call(on_a_loop(recorder))
-        assert [m["type"] for m in seen] == ["run_start", "columns", *["points"] * 3, "run_end"]
+        assert [m["type"] for m in got] == ["run_start", "columns", *["points"] * 3, "run_end"]
 
 
 def test_addresses_and_tokens(tmp_path, monkeypatch):
