@@ -198,8 +198,9 @@ class FeedWriter(RunWriter):
         held["time"].append(json_value(doc["time"]))
         for key, column in held["data"].items():
             column.append(json_value(data.get(key)))
-        if self._held is None or len(held["seq_num"]) >= SEND_ROWS:
-            self._held = held
+        if self._held is not held:  # no loop to send them later: at once
+            self.recorder.hub.publish(held)
+        elif len(held["seq_num"]) >= SEND_ROWS:
             self._send_held()
 
     def event_page(self, doc: Mapping[str, Any]) -> None:
@@ -318,8 +319,9 @@ class FeedRecorder(Recorder):
                             "version": __version__,
                         },
                         plots=(str(root), dict(path_map.prefixes)) if root else None,
-                        # the writer's batches come send_delay apart: no sooner look
-                        rest=self.send_delay - CHILD_POLL,
+                        # inline, the writer's batches come send_delay apart (on a
+                        # recorder thread, each event at once): no sooner look
+                        rest=0.0 if threaded else self.send_delay - CHILD_POLL,
                     )
                     self.hub.forward = server.send  # this process's hub keeps the runs too
                 else:
