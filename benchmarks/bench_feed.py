@@ -23,8 +23,9 @@ RunEngine's process only publishes).
              measured and printed.
   slowdown   the RunEngine's wall time with no feed and with the feed, the page
              connected and drawing, in --repeat rounds that run every case once in
-             turn: bluesky's scan([det], motor, -1, 1, --points) (ophyd.sim), and the
-             unpaced Msg plan (the RunEngine as fast as it goes: the worst case). The
+             an order drawn at random: bluesky's scan([det], motor, -1, 1,
+             --points) (ophyd.sim), and the unpaced Msg plan (the RunEngine as fast
+             as it goes: the worst case). The
              cases are the session's set-up (--setups session, the default) or all
              four (--setups all). The slowdown is the median over the rounds of the
              paired ratio (a case's wall time over the no-feed run of the same round,
@@ -33,7 +34,10 @@ RunEngine's process only publishes).
              second to the next, so one run varies by ±10 % against the next and a
              5 % goal takes a hundred rounds or more. The verdict is "met" only
              when the whole interval is under the goal ("undecided" when it
-             straddles it).
+             straddles it). Every round also runs the no-feed case a second time
+             ("no feed, again"), paired with the first as the feed's runs are: the
+             machine alone, whose median should be 0 % and whose interval is the
+             width the noise gives any case here.
              Where the time goes, per run as a share of the no-feed median wall
              time: "in feed", the RunEngine's thread inside the feed's callback;
              "timers", on its event loop sending the rows that waited (the feed
@@ -68,6 +72,7 @@ import argparse
 import concurrent.futures
 import json
 import math
+import random
 import statistics
 import subprocess
 import sys
@@ -93,6 +98,9 @@ P99_GOAL_MS = 50.0
 SLOWDOWN_GOAL = 1.05
 #: The set-up `bsrec session` runs (recorders/default.toml: serve_in = "process").
 SESSION_SETUP = "set, server process"
+#: A second no-feed run in every round, paired with the first as the feed's runs are: what
+#: the machine alone gives (its median should be 0 %; its interval, the noise's width).
+CONTROL = "no feed, again"
 
 # A WebSocket client in a process of its own, for comparison with the page: it prints
 # "ready" once the snapshot a new connection gets has had time to pass, then records the
@@ -458,13 +466,17 @@ def timed_run(RE: RunEngine, plan_factory, feed: Feed | None) -> dict[str, float
 
 def slowdown_case(RE, plan_factory, feeds: list[Feed], repeat: int) -> dict[str, list]:
     """timed_run's figures of each run per case, in rounds: each round runs every case
-    once, in turn (forwards, then backwards...), so that round i of two cases are
-    runs seconds apart (see paired_ratios)."""
-    times: dict[str, list] = {"no feed": [], **{f.label: [] for f in feeds}}
-    cases = [("no feed", None)] + [(f.label, f) for f in feeds]
+    once, in an order drawn at random (seeded), so that round i of two cases are runs
+    seconds apart (see paired_ratios) and no case keeps a place in the round or the
+    case before it. (A fixed order, forwards then backwards, put the no-feed run always
+    first or last: its control, the same run in the middle, came out 2.98 % faster,
+    -4.27 to -0.45 %.)"""
+    times: dict[str, list] = {"no feed": [], CONTROL: [], **{f.label: [] for f in feeds}}
+    cases = [("no feed", None), (CONTROL, None)] + [(f.label, f) for f in feeds]
+    rng = random.Random(len(cases))
     RE(plan_factory())  # warm-up
-    for i in range(repeat):
-        order = cases if i % 2 == 0 else cases[::-1]
+    for _ in range(repeat):
+        order = rng.sample(cases, len(cases))
         for label, feed in order:
             times[label].append(timed_run(RE, plan_factory, feed))
     return times
@@ -578,10 +590,12 @@ def main(argv=None) -> int:
         "page": "the page connected and drawing in Playwright's chromium",
         "python": "a Python WebSocket client taking the feed (no page)",
     }[args.viewer]
-    print(f"RunEngine: {args.repeat} rounds of every case in turn, {viewer}; wall and CPU in s "
-          "(medians)")  # fmt: skip
+    print(f"RunEngine: {args.repeat} rounds of every case in random order, {viewer}; "
+          "wall and CPU in s (medians)")  # fmt: skip
     print("  paired: the median over the rounds of (wall with the feed / wall of the no-feed "
           "run of the same round), with its 95 % bootstrap interval: the goal")  # fmt: skip
+    print(f"  {CONTROL}: a second no-feed run in each round, paired the same way: the "
+          "machine's own spread and bias, to read the feed's interval against")  # fmt: skip
     print("  in feed, timers, waited, CPU: the RunEngine thread's time in the feed's callback, "
           "in the feed's loop timers, more time waiting for a core, more CPU time; medians "
           "over the rounds, as shares of the no-feed median wall time")  # fmt: skip
@@ -611,13 +625,17 @@ def main(argv=None) -> int:
                 spent, docs = sum(r["spent"] for r in runs), sum(r["docs"] for r in runs)
                 per_doc = spent / docs * 1e6 if docs else math.nan
                 p = paired(paired_ratios(runs, base_runs), SLOWDOWN_GOAL)
-                verdicts.append(p.verdict)
-                mine = per_setup.setdefault(label, {"latency": True, "slowdown": []})
-                mine["slowdown"].append(p.verdict)
+                verdict = p.verdict
+                if label == CONTROL:
+                    verdict = "(the machine alone)"
+                else:
+                    verdicts.append(p.verdict)
+                    mine = per_setup.setdefault(label, {"latency": True, "slowdown": []})
+                    mine["slowdown"].append(p.verdict)
                 line += (f" {per_doc:7.1f} {share(runs, 'spent')} {share(runs, 'timers')} "
                          f"{share(runs, 'waited', base_runs)} {share(runs, 'cpu', base_runs)} "
                          f"{percent(p.median):>8s} {percent(p.low):>9s}..{percent(p.high):>8s}  "
-                         f"{p.verdict}")  # fmt: skip
+                         f"{verdict}")  # fmt: skip
             print(line)
             if label != "no feed":
                 print(f"      rounds: {', '.join(f'{(r - 1) * 100:+.1f}' for r in p.ratios)}")

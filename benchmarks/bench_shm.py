@@ -15,6 +15,12 @@ sees a point.
    handing it over (through the facade). 2,000 events at 100 and at 1,000 events per
    second. The reader's CPU time while waiting is reported too. Goal: a new point seen
    within 1 ms (p99).
+   The anchor, in the same runs: a raw reader in a third process, the least a polling
+   reader can do (mmap of the segment, ``struct`` reads of the documented header's
+   ``seq`` and ``total``, ``time.sleep(poll)``, no library). For each point, the time
+   it saw ``total`` cover it minus the stamp. Its p99 is how soon this machine, at
+   that moment, lets a process that sleeps ``poll`` at a time look again; the
+   Reader's p99 is given as a ratio to it.
 
 3. A waiting reader's CPU time with no points coming: while it polls every ``poll`` s,
    and once it polls every ``idle_poll`` s (after ``idle_after`` s without a change).
@@ -37,7 +43,15 @@ import time
 
 import numpy as np
 
-from bluesky_recorders.shm import IDLE_AFTER, IDLE_POLL, POLL, Reader, SharedMemoryRecorder
+from bluesky_recorders.shm import (
+    IDLE_AFTER,
+    IDLE_POLL,
+    POLL,
+    Reader,
+    SharedMemoryRecorder,
+    segment_path,
+)
+from bluesky_recorders.shm_layout import SEQ_OFFSET, TOTAL_OFFSET
 from bluesky_recorders.testing import scalar_run
 
 DETECTORS = tuple(f"det{i}" for i in range(9))
@@ -65,6 +79,34 @@ READER = textwrap.dedent(
             done = max(done, snap.total)
         cpu = time.process_time() - cpu
     print(json.dumps({"latencies": latencies, "cpu": cpu}), flush=True)
+    """
+)
+
+
+# The anchor: a raw polling reader of the documented header (shm_layout), no library.
+# Prints "ready", then, when its stdin closes, the (total, seen) of every change it saw.
+RAW = textwrap.dedent(
+    """
+    import json, mmap, os, struct, sys, threading, time
+    path, poll = sys.argv[1], float(sys.argv[2])
+    seq_at, total_at = int(sys.argv[3]), int(sys.argv[4])
+    fd = os.open(path, os.O_RDONLY)
+    mm = mmap.mmap(fd, 4096, prot=mmap.PROT_READ)
+    word = struct.Struct("<Q").unpack_from
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    seen, last = [], word(mm, seq_at)[0]
+    print("ready", flush=True)
+    while not stop.is_set():
+        s = word(mm, seq_at)[0]
+        if s != last and not s & 1:
+            now = time.monotonic_ns()
+            total = word(mm, total_at)[0]
+            if word(mm, seq_at)[0] == s:
+                seen.append((total, now))
+                last = s
+        time.sleep(poll)
+    print(json.dumps(seen), flush=True)
     """
 )
 
@@ -110,7 +152,24 @@ def writer_cost(n: int, repeat: int, segment: str) -> dict[str, tuple[float, flo
     return best
 
 
-def latency(rate: float, n: int, poll: float, segment: str) -> dict[str, float]:
+def raw_latencies(seen: list[list[int]], stamps: list[int]) -> list[int]:
+    """Per point, the first time the raw reader saw ``total`` cover it minus its stamp."""
+    out, done = [], 0
+    for total, when in seen:
+        out += [when - stamps[k] for k in range(done, min(total, len(stamps)))]
+        done = max(done, total)
+    return out
+
+
+def summary(lat: list[int]) -> dict[str, float]:
+    p50, p90, p99, worst = percentiles(lat, (50, 90, 99, 100))
+    within = 100 * float(np.mean(np.asarray(lat) < 1_000_000))
+    return {"seen": len(lat), "p50": p50, "p90": p90, "p99": p99, "max": worst,
+            "within 1 ms": within}  # fmt: skip
+
+
+def latency(rate: float, n: int, poll: float, segment: str) -> dict[str, dict[str, float]]:
+    """The Reader's and the raw reader's latencies on the same run."""
     rec = SharedMemoryRecorder(segment=segment)
     head, events = make_docs(n)
     desc = head[1][1]
@@ -120,11 +179,20 @@ def latency(rate: float, n: int, poll: float, segment: str) -> dict[str, float]:
         stdout=subprocess.PIPE,
         text=True,
     )
+    raw = None
+    stamps: list[int] = []
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the reader did not start")
         for name, doc in head:
             rec(name, doc)
+        raw = subprocess.Popen(
+            [sys.executable, "-c", RAW, str(segment_path(segment)), str(poll),
+             str(SEQ_OFFSET), str(TOTAL_OFFSET)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        if raw.stdout.readline().strip() != "ready":
+            raise RuntimeError("the raw reader did not start")
         period = 1e9 / rate
         t0 = time.monotonic_ns()
         for i, doc in enumerate(events):
@@ -132,19 +200,24 @@ def latency(rate: float, n: int, poll: float, segment: str) -> dict[str, float]:
             while (left := due - time.monotonic_ns()) > 0:
                 if left > 300_000:
                     time.sleep((left - 200_000) / 1e9)
-            doc["data"]["stamp"] = time.monotonic_ns()
+            doc["data"]["stamp"] = stamp = time.monotonic_ns()
             rec("event", doc)
+            stamps.append(stamp)
         out = json.loads(proc.stdout.readline())
+        time.sleep(0.05)  # the raw reader's last look
+        raw_out, _ = raw.communicate(timeout=60)
+        seen = json.loads(raw_out)
     finally:
         proc.wait(timeout=120)
         proc.stdout.close()
+        if raw is not None and raw.poll() is None:
+            raw.kill()
+            raw.wait()
         rec.close()
-    lat = out["latencies"]
-    p50, p90, p99, worst = percentiles(lat, (50, 90, 99, 100))
-    seconds = n / rate
-    return {"seen": len(lat), "p50": p50, "p90": p90, "p99": p99, "max": worst,
-            "within 1 ms": 100 * float(np.mean(np.asarray(lat) < 1_000_000)),
-            "cpu": 100 * out["cpu"] / seconds, "load": os.getloadavg()[0]}  # fmt: skip
+    ours = summary(out["latencies"])
+    ours["cpu"] = 100 * out["cpu"] / (n / rate)
+    ours["load"] = os.getloadavg()[0]
+    return {"Reader": ours, "raw": summary(raw_latencies(seen, stamps))}
 
 
 def idle_cpu(segment: str) -> tuple[float, float]:
@@ -177,16 +250,22 @@ def main(argv=None) -> int:
     met = cost["ShmWriter.event"][0] < 5
     print(f"goal < 5 µs per event (writer median): {'met' if met else 'NOT met'}")
 
-    print(f"\n2. latency, write -> a Reader in another process (poll {args.poll * 1e6:g} µs)")
-    print(f"{'events/s':>9s} {'seen':>6s} {'p50 µs':>8s} {'p90 µs':>8s} {'p99 µs':>9s} "
-          f"{'max µs':>9s} {'< 1 ms %':>9s} {'reader CPU %':>13s} {'load':>5s}")  # fmt: skip
+    print(f"\n2. latency, write -> a reader in another process (poll {args.poll * 1e6:g} µs);"
+          " the raw reader (the anchor) in a third, on the same runs")  # fmt: skip
+    print(f"{'events/s':>9s} {'reader':>7s} {'seen':>6s} {'p50 µs':>8s} {'p90 µs':>8s} "
+          f"{'p99 µs':>9s} {'max µs':>9s} {'< 1 ms %':>9s} {'CPU %':>6s} {'load':>5s}")  # fmt: skip
     worst_p99 = 0.0
+    ratios = []
     for rate in (float(r) for r in args.rates.split(",")):
-        r = latency(rate, args.latency_events, args.poll, segment)
-        worst_p99 = max(worst_p99, r["p99"])
-        print(f"{rate:9g} {r['seen']:6d} {r['p50']:8.1f} {r['p90']:8.1f} {r['p99']:9.1f} "
-              f"{r['max']:9.1f} {r['within 1 ms']:9.2f} {r['cpu']:13.1f} "
-              f"{r['load']:5.2f}")  # fmt: skip
+        both = latency(rate, args.latency_events, args.poll, segment)
+        worst_p99 = max(worst_p99, both["Reader"]["p99"])
+        ratios.append((rate, both["Reader"]["p99"] / both["raw"]["p99"]))
+        for label, r in both.items():
+            extra = f"{r['cpu']:6.1f} {r['load']:5.2f}" if "cpu" in r else ""
+            print(f"{rate:9g} {label:>7s} {r['seen']:6d} {r['p50']:8.1f} {r['p90']:8.1f} "
+                  f"{r['p99']:9.1f} {r['max']:9.1f} {r['within 1 ms']:9.2f} {extra}")  # fmt: skip
+    print("Reader p99 / raw p99: "
+          + ", ".join(f"{ratio:.2f} at {rate:g} events/s" for rate, ratio in ratios))  # fmt: skip
     print(f"goal: a new point seen within 1 ms (p99): {'met' if worst_p99 < 1000 else 'NOT met'}")
 
     fast, idle = idle_cpu(segment)

@@ -430,6 +430,9 @@ def test_a_server_process_of_its_own_serves_a_real_run_and_ends_with_the_recorde
     recorder = FeedRecorder(serve="127.0.0.1:0", serve_in="process", token="tok-9")
     server = recorder.server
     assert server.pid != os.getpid()
+    # where both want a core, the RunEngine gets it before the server
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, server.pid) == min(19, ours + feed_server.CHILD_NICE)
     RE = RunEngine({})
     docs, keep = collect()
     rs = RecorderSet([recorder], run_log=None)
