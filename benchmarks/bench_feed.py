@@ -101,6 +101,11 @@ SESSION_SETUP = "set, server process"
 #: A second no-feed run in every round, paired with the first as the feed's runs are: what
 #: the machine alone gives (its median should be 0 %; its interval, the noise's width).
 CONTROL = "no feed, again"
+#: True in the page once it holds run ``uid`` ended, with at least ``n`` rows.
+HAS_RUN = (
+    "([uid, n]) => { const r = window.bsrecFeed.runs[uid];"
+    " return Boolean(r && r.end) && r.points.seq_num.length >= n; }"
+)
 
 # A WebSocket client in a process of its own, for comparison with the page: it prints
 # "ready" once the snapshot a new connection gets has had time to pass, then records the
@@ -251,8 +256,7 @@ class Feed:
 
     def wait_rows(self, uid: str, n: int) -> None:
         self.page.wait_for_function(
-            "([uid, n]) => { const r = window.bsrecFeed.runs[uid];"
-            " return Boolean(r && r.end) && r.points.seq_num.length >= n; }",
+            HAS_RUN,
             arg=[uid, n],
         )
 
@@ -377,8 +381,7 @@ class BrowserViewer:
     def check(self, uid: str, n: int) -> None:
         """The page has all ``n`` rows of run ``uid`` (it took the feed throughout)."""
         self.evaluate(
-            "([uid, n]) => { const r = window.bsrecFeed.runs[uid];"
-            " return Boolean(r && r.end) && r.points.seq_num.length >= n; }",
+            HAS_RUN,
             arg=[uid, n], wait=True,
         )  # fmt: skip
 
