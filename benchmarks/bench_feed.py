@@ -47,7 +47,9 @@ RunEngine's process only publishes).
              the cores); and the CPU time of that thread.
              Who takes the feed during these runs (--viewer): "browser" (the
              default), the page in a chromium of its own started with the page's
-             address alone, as a user opens it, with no DevTools client during the
+             address alone, as a user opens it (without headless chromium's hidden
+             omnibox popup, which draws with every frame of the page:
+             testing.CHROMIUM_PAGE_ONLY_ARGS), with no DevTools client during the
              runs (Playwright's chromium reports every WebSocket frame to its
              driver: 6 points of a core more); afterwards the page is checked to
              hold every row of the last run. "page": the Playwright page of the
@@ -92,7 +94,7 @@ from playwright.sync_api import sync_playwright
 
 from bluesky_recorders.feed import FeedRecorder, FeedWriter
 from bluesky_recorders.recorder_set import RecorderSet
-from bluesky_recorders.testing import CHROMIUM, CHROMIUM_ARGS
+from bluesky_recorders.testing import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PAGE_ONLY_ARGS
 
 P99_GOAL_MS = 50.0
 SLOWDOWN_GOAL = 1.05
@@ -351,7 +353,7 @@ class BrowserViewer:
         self.pw = pw
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}",
+            [CHROMIUM, *CHROMIUM_PAGE_ONLY_ARGS, f"--user-data-dir={profile}",
              f"--remote-debugging-port={self.port}", feed.url],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip

@@ -345,6 +345,37 @@ def test_page_opened_mid_run_gets_the_run_so_far(feed, new_page):
     assert shown["y"] == collected.column(uid, "det")
 
 
+def test_points_streaming_in_are_redrawn_at_most_four_times_a_second(feed, new_page):
+    """...unless the page's address sets another limit: ``?redraws=N``, 1 to 30."""
+    recorder, RE, collected = feed()
+    limits = {"": 4, "?redraws=20": 20, "?redraws=1000": 30, "?redraws=fast": 4}
+    pages = {}
+    for query in limits:
+        pages[query] = new_page()
+        pages[query].open(recorder.server.url + query)
+    before = {query: page.js("window.bsrecFeed.draws.length") for query, page in pages.items()}
+
+    def step_then_pause(detectors, step, pos_cache):  # 150 points in 1.5 s or more
+        yield from bps.one_nd_step(detectors, step, pos_cache)
+        yield from bps.sleep(0.01)
+
+    (uid,) = RE(scan([det], motor, -1, 1, 150, per_step=step_then_pause))
+
+    redrawn = {}
+    for query, page in pages.items():
+        page.wait(RUN_ENDED, uid)
+        page.wait(PLOTTED_ROWS, [uid, 150])
+        assert plotted(page)["y"] == collected.column(uid, "det")
+        assert page.js("window.bsrecFeed.redraws") == limits[query]
+        draws = page.js("window.bsrecFeed.draws")
+        gaps = np.diff(draws)
+        # a redraw begins at least 1 / limit s after the last one ended (the clock: 0.1 ms)
+        assert gaps.min() >= 1000 / limits[query] - 0.2, (query, gaps.min())
+        redrawn[query] = len(draws) - before[query]
+    assert redrawn[""] >= 3  # the points were drawn as they came, not only at the end
+    assert redrawn["?redraws=20"] > redrawn[""]
+
+
 def test_server_sent_events_carry_the_same_run(feed, new_page):
     recorder, RE, collected = feed()
     page = new_page()

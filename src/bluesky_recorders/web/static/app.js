@@ -43,6 +43,8 @@
     runList: [], // the last runs message's list
     latencies: [], // seconds from each row's time to its arrival here
     drawLatencies: [], // seconds from each row's time to the end of the draw that showed it
+    redraws: null, // redraws a second at most (REDRAWS)
+    draws: [], // when the latest redraws began (performance.now(), ms)
     dropped: 0, // points the server said it could not send to this page
     plotted,
     receive, // handles one message object, as if it came from the server
@@ -56,11 +58,17 @@
     return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
   }
 
-  /* Milliseconds between the ends of two redraws, at least: 10 a second. At 20 a second
-   * headless chromium on 2 cores spent about 0.2 s of CPU per second of a run redrawing
-   * the page (most of it not the plot itself: style, paint, compositing), CPU the
-   * RunEngine did not get; at 10, 0.15 s (bench_feed.py, docs/explanations/decisions/0017). */
-  const MIN_DRAW_GAP = 100;
+  /* Redraws a second at most while points stream in (`?redraws=N` in the address, 1 to
+   * 30, for a screen whose computer has cores to spare). Each frame costs the browser
+   * far more than the plot's own drawing (style, layout, commit, compositing in
+   * software): in headless chromium on 2 cores, a 100-point scan of 0.4 s cost it
+   * 75-89 ms of CPU at 10 redraws a second, 62 ms at 5 and 47-50 ms at 4, CPU the
+   * RunEngine does not get when they share a computer
+   * (docs/explanations/decisions/0021). */
+  const REDRAWS = Math.min(30, Math.max(1, Number(query.get("redraws")) || 4));
+  const MIN_DRAW_GAP = 1000 / REDRAWS; // ms between the ends of two redraws, at least
+  const DRAWS_KEPT = 1000;
+  feed.redraws = REDRAWS;
 
   function now() {
     return (performance.timeOrigin + performance.now()) / 1000;
@@ -392,7 +400,7 @@
       draw();
     };
     const next = () => (document.hidden ? setTimeout(frame, 0) : requestAnimationFrame(frame));
-    // Draw at most once per frame and at most 10 times a second, and rest twice as long
+    // Draw at most once per frame and at most REDRAWS times a second, and rest twice as long
     // as the last draw took: a long run's redraws take at most a third of the page's
     // time, and leave the machine's cores to the RunEngine.
     const gap = Math.max(MIN_DRAW_GAP, 2 * lastDrawCost);
@@ -410,6 +418,8 @@
 
   function draw() {
     drawBegan = performance.now();
+    feed.draws.push(drawBegan);
+    if (feed.draws.length > DRAWS_KEPT) feed.draws.splice(0, feed.draws.length - DRAWS_KEPT);
     const run = feed.runs[feed.current];
     if (dirty.server) renderServer();
     if (dirty.controls) renderControls(run);
