@@ -44,7 +44,10 @@ RunEngine's process only publishes).
              writer's timer, feed.SEND_DELAY); "waited", more time than without
              the feed that its thread was ready to run but had no core (the
              kernel's schedstat run delay: the browser's and the server's share of
-             the cores); and the CPU time of that thread.
+             the cores); and the CPU time of that thread. "viewer ms": the CPU time
+             the viewer's processes (chromium and every process it started, or the
+             Python client) used during a run, the mean over the rounds (/proc): what
+             the page itself costs, without the noise of wall times.
              Who takes the feed during these runs (--viewer): "browser" (the
              default), the page in a chromium of its own started with the page's
              address alone, as a user opens it (without headless chromium's hidden
@@ -74,6 +77,7 @@ import argparse
 import concurrent.futures
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -387,11 +391,40 @@ class BrowserViewer:
             arg=[uid, n], wait=True,
         )  # fmt: skip
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def kill(self) -> None:
         self.proc.kill()
 
     def wait(self) -> None:
         self.proc.wait()
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system, every thread) used so far by the processes ``pids``
+    and all their descendants (/proc; to the kernel's tick, 10 ms)."""
+    parent, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / TICK
+    tree, grew = set(pids), True
+    while grew:
+        kids = {pid for pid, ppid in parent.items() if ppid in tree and pid not in tree}
+        tree |= kids
+        grew = bool(kids)
+    return sum(used.get(pid, 0.0) for pid in tree)
 
 
 def latency_case(feed: Feed, events: Events, rate: int, seconds: float) -> dict:
@@ -449,27 +482,35 @@ def loop_thread_clock(RE: RunEngine) -> tuple[float, float]:
     return answer.result(10)
 
 
-def timed_run(RE: RunEngine, plan_factory, feed: Feed | None) -> dict[str, float]:
-    """One run's wall seconds, its RunEngine thread's CPU and waiting seconds, and the
-    seconds that thread spent in the feed's callback and timers (documents: ``docs``)."""
+def timed_run(
+    RE: RunEngine, plan_factory, feed: Feed | None, viewers: list[int] = ()
+) -> dict[str, float]:
+    """One run's wall seconds, its RunEngine thread's CPU and waiting seconds, the
+    seconds that thread spent in the feed's callback and timers (documents: ``docs``),
+    and the CPU seconds of the viewers' processes (``viewers``, pids) meanwhile."""
     if feed is not None:
         feed.subscribe()
     try:
+        seen = tree_cpu(viewers)
         cpu, waited = loop_thread_clock(RE)
         began = time.perf_counter()
         (uid,) = RE(plan_factory())
         took = time.perf_counter() - began
         cpu_after, waited_after = loop_thread_clock(RE)
+        viewed = tree_cpu(viewers) - seen if viewers else math.nan  # (--viewer page)
     finally:
         if feed is not None:
             feed.unsubscribe()
-    run = {"wall": took, "cpu": cpu_after - cpu, "waited": waited_after - waited, "uid": uid}
+    run = {"wall": took, "cpu": cpu_after - cpu, "waited": waited_after - waited, "uid": uid,
+           "viewer": viewed}  # fmt: skip
     if feed is None:
         return run | {"spent": 0.0, "timers": 0.0, "docs": 0}
     return run | {"spent": feed.spent, "timers": feed.timers, "docs": feed.docs}
 
 
-def slowdown_case(RE, plan_factory, feeds: list[Feed], repeat: int) -> dict[str, list]:
+def slowdown_case(
+    RE, plan_factory, feeds: list[Feed], repeat: int, viewers: list[int] = ()
+) -> dict[str, list]:
     """timed_run's figures of each run per case, in rounds: each round runs every case
     once, in an order drawn at random (seeded), so that round i of two cases are runs
     seconds apart (see paired_ratios) and no case keeps a place in the round or the
@@ -483,7 +524,7 @@ def slowdown_case(RE, plan_factory, feeds: list[Feed], repeat: int) -> dict[str,
     for _ in range(repeat):
         order = rng.sample(cases, len(cases))
         for label, feed in order:
-            times[label].append(timed_run(RE, plan_factory, feed))
+            times[label].append(timed_run(RE, plan_factory, feed, viewers))
     return times
 
 
@@ -552,11 +593,14 @@ def main(argv=None) -> int:
                     BrowserViewer(f, pw, tempfile.mkdtemp(dir=viewer_profiles.name))
                     for f in timed
                 ]
+            pids = [viewer.pid for viewer in viewers]
             scans = slowdown_case(
-                RE, lambda: scan([det], motor, -1, 1, args.points), timed, args.repeat
+                RE, lambda: scan([det], motor, -1, 1, args.points), timed, args.repeat, pids
             )
             check_viewers(viewers, timed, scans, args.points)
-            fast = slowdown_case(RE, lambda: paced_plan(args.fast_points, None), timed, args.repeat)
+            fast = slowdown_case(
+                RE, lambda: paced_plan(args.fast_points, None), timed, args.repeat, pids
+            )
             check_viewers(viewers, timed, fast, args.fast_points)
         finally:
             for viewer in viewers:
@@ -604,6 +648,8 @@ def main(argv=None) -> int:
     print("  in feed, timers, waited, CPU: the RunEngine thread's time in the feed's callback, "
           "in the feed's loop timers, more time waiting for a core, more CPU time; medians "
           "over the rounds, as shares of the no-feed median wall time")  # fmt: skip
+    print("  viewer ms: the CPU the viewer's processes (every viewer's, every thread) used "
+          "during a run, the mean over the rounds (/proc, to 10 ms a reading)")  # fmt: skip
     verdicts = []  # the slowdown's, per set-up and plan
     for title, n, result in (
         (f"scan([det], motor, -1, 1, {args.points})", args.points, scans),
@@ -619,13 +665,14 @@ def main(argv=None) -> int:
             return f"{value / base_wall * 100:+6.2f}%"
 
         print(f"  {title}")
-        print(f"    {'':24s} {'wall':>7s} {'ev/s':>7s} {'CPU':>7s} {'µs/doc':>7s} "
-              f"{'in feed':>8s} {'timers':>8s} {'waited':>8s} {'CPU':>8s} "
+        print(f"    {'':24s} {'wall':>7s} {'ev/s':>7s} {'CPU':>7s} {'viewer ms':>9s} "
+              f"{'µs/doc':>7s} {'in feed':>8s} {'timers':>8s} {'waited':>8s} {'CPU':>8s} "
               f"{'paired':>8s} {'95 % interval':>19s}  verdict")  # fmt: skip
         for label, runs in result.items():
             wall = statistics.median(r["wall"] for r in runs)
-            line = (f"    {label:24s} {wall:7.3f} {n / wall:7.1f} "
-                    f"{statistics.median(r['cpu'] for r in runs):7.3f}")  # fmt: skip
+            viewer_ms = statistics.fmean(r["viewer"] for r in runs) * 1000
+            cpu = statistics.median(r["cpu"] for r in runs)
+            line = f"    {label:24s} {wall:7.3f} {n / wall:7.1f} {cpu:7.3f} {viewer_ms:9.1f}"
             if label != "no feed":
                 spent, docs = sum(r["spent"] for r in runs), sum(r["docs"] for r in runs)
                 per_doc = spent / docs * 1e6 if docs else math.nan
